@@ -1,0 +1,89 @@
+//! Command line of `sluice-bench`.
+
+use std::path::PathBuf;
+
+use crate::j1::Peer;
+
+/// Benchmarks that run Sluice and its peers on the same job in one
+/// invocation and print medians and ratios.
+#[derive(Debug, clap::Parser)]
+#[command(name = "sluice-bench", version)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// What to run.
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum Command {
+    /// J1: TPC-H lineitem CSV, filter on l_shipdate, project, write zstd(3)
+    /// Parquet; Sluice against DataFusion (Rust), DuckDB and DataFusion
+    /// (Python), run round robin.
+    J1(J1Args),
+    /// Generate the TPC-H lineitem CSV only (skipped when already there).
+    Gen(DataArgs),
+}
+
+/// Where the data lives and how much of it.
+#[derive(Debug, clap::Args)]
+pub(crate) struct DataArgs {
+    /// Folder for the generated data (`sf<SCALE>/lineitem.csv`) and the
+    /// peers' outputs and logs (`out/`).
+    #[arg(long, env = "SLUICE_BENCH_DATA", default_value = "target/bench-data")]
+    pub(crate) data: PathBuf,
+
+    /// TPC-H scale factor: 1 is about 6M lineitem rows (770 MB of CSV);
+    /// 0.01 makes a smoke run.
+    #[arg(long, env = "SLUICE_BENCH_SCALE_FACTOR", default_value_t = 1.0, value_parser = parse_scale_factor)]
+    pub(crate) scale_factor: f64,
+}
+
+/// `sluice-bench j1`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct J1Args {
+    #[command(flatten)]
+    pub(crate) data: DataArgs,
+
+    /// Rounds; each round runs every peer once, in turn.
+    #[arg(long, env = "SLUICE_BENCH_RUNS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) runs: u32,
+
+    /// The `sluice` binary to measure.
+    #[arg(
+        long,
+        env = "SLUICE_BENCH_SLUICE",
+        default_value = "target/release/sluice"
+    )]
+    pub(crate) sluice: PathBuf,
+
+    /// The DataFusion-only peer (default: `j1_datafusion` next to this
+    /// program).
+    #[arg(long, env = "SLUICE_BENCH_DATAFUSION")]
+    pub(crate) datafusion: Option<PathBuf>,
+
+    /// Python interpreter that has the `duckdb` and `datafusion` packages.
+    #[arg(long, env = "SLUICE_BENCH_PYTHON", default_value = ".venv/bin/python")]
+    pub(crate) python: PathBuf,
+
+    /// Parallelism pinned for every peer: target partitions, DuckDB
+    /// threads, and so the number of output files.
+    #[arg(long, env = "SLUICE_BENCH_PARTITIONS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) partitions: u32,
+
+    /// Peers to run, comma separated.
+    #[arg(
+        long,
+        env = "SLUICE_BENCH_PEERS",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "sluice,datafusion,duckdb,datafusion-python"
+    )]
+    pub(crate) peers: Vec<Peer>,
+}
+
+fn parse_scale_factor(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(sf) if sf.is_finite() && sf > 0.0 => Ok(sf),
+        _ => Err(format!("'{s}' is not a positive number")),
+    }
+}

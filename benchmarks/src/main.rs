@@ -1,0 +1,36 @@
+//! `sluice-bench`: runs Sluice and its peers on the same job, alternately,
+//! in one invocation, and prints medians and ratios. Not a test: a report.
+//! See `benchmarks/README.md`.
+
+mod cli;
+mod datagen;
+mod j1;
+mod measure;
+mod outputs;
+mod report;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    let outcome = match &cli.command {
+        cli::Command::J1(args) => j1::run(args),
+        cli::Command::Gen(args) => {
+            datagen::ensure_lineitem(&args.data, args.scale_factor).map(|dataset| {
+                println!("{dataset}");
+                true
+            })
+        }
+    };
+    match outcome {
+        Ok(true) => ExitCode::SUCCESS,
+        // A peer failed or wrote the wrong output; the report says which.
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

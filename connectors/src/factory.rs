@@ -1,0 +1,156 @@
+//! From a table declaration to a table provider and sinks.
+
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use datafusion::catalog::Session;
+use datafusion::datasource::TableProvider;
+
+use crate::error::{ConnectorError, Result};
+use crate::file::{FileFormatKind, FileTable, FileTableConfig};
+use crate::options::TableOptions;
+use crate::sink::{Sink, WriteMode};
+use crate::store::{STORE_OPTION_PREFIXES, StoreRegistry};
+
+/// Connectors this build knows.
+pub const CONNECTORS: &[&str] = &["filesystem"];
+
+/// Options of the `filesystem` connector (besides `format.*` and store options).
+const FILESYSTEM_OPTIONS: &[&str] = &[
+    "connector",
+    "path",
+    "format",
+    "error-handling.max-bad-records",
+    "csv.field-delimiter",
+    "csv.quote-character",
+    "csv.null-literal",
+    "csv.include-header",
+    "parquet.compression",
+];
+
+/// A table declaration: connector, options and (optionally) columns.
+#[derive(Debug, Clone)]
+pub struct TableSpec {
+    /// Table name as declared.
+    pub name: String,
+    /// Connector name (`filesystem`, ...).
+    pub connector: String,
+    /// Options, including `path` and `format` for files.
+    pub options: TableOptions,
+    /// Declared columns, including partition columns; `None` to infer.
+    pub columns: Option<SchemaRef>,
+    /// Hive partition columns, in directory order.
+    pub partition_cols: Vec<String>,
+    /// Declared primary key (not enforced).
+    pub primary_key: Vec<String>,
+}
+
+/// A table that can be read and written.
+pub trait ConnectorTable: TableProvider {
+    /// A sink writing rows of the table's schema with `mode`.
+    fn sink(&self, mode: WriteMode) -> Result<Arc<dyn Sink>>;
+
+    /// Names of the partition columns.
+    fn partition_columns(&self) -> Vec<String>;
+}
+
+impl ConnectorTable for FileTable {
+    fn sink(&self, mode: WriteMode) -> Result<Arc<dyn Sink>> {
+        FileTable::sink(self, mode)
+    }
+
+    fn partition_columns(&self) -> Vec<String> {
+        FileTable::partition_columns(self)
+    }
+}
+
+/// Opens tables declared with any connector.
+#[derive(Debug)]
+pub struct ConnectorFactory {
+    stores: Arc<StoreRegistry>,
+}
+
+impl ConnectorFactory {
+    /// A factory resolving locations through `stores`.
+    pub fn new(stores: Arc<StoreRegistry>) -> Self {
+        Self { stores }
+    }
+
+    /// The store registry.
+    pub fn stores(&self) -> &Arc<StoreRegistry> {
+        &self.stores
+    }
+
+    /// Checks a declaration's options without touching any data.
+    pub fn validate(&self, spec: &TableSpec, state: &dyn Session) -> Result<()> {
+        match spec.connector.as_str() {
+            "filesystem" => {
+                spec.options.check_known(
+                    "filesystem",
+                    FILESYSTEM_OPTIONS,
+                    &[&["format."][..], STORE_OPTION_PREFIXES].concat(),
+                )?;
+                let kind = self.format_kind(spec)?;
+                FileTableConfig::new(kind, &spec.options, state)?;
+                self.path(spec)?;
+                Ok(())
+            }
+            other => Err(ConnectorError::UnknownConnector {
+                name: other.to_string(),
+                available: CONNECTORS.join(", "),
+            }),
+        }
+    }
+
+    fn format_kind(&self, spec: &TableSpec) -> Result<FileFormatKind> {
+        let format =
+            spec.options
+                .literal("format")?
+                .ok_or_else(|| ConnectorError::MissingOption {
+                    connector: spec.connector.clone(),
+                    key: "format".into(),
+                    hint: "set 'format' = 'parquet', 'csv' or 'json'".into(),
+                })?;
+        FileFormatKind::parse(format)
+    }
+
+    fn path<'a>(&self, spec: &'a TableSpec) -> Result<&'a str> {
+        spec.options
+            .literal("path")?
+            .ok_or_else(|| ConnectorError::MissingOption {
+                connector: spec.connector.clone(),
+                key: "path".into(),
+                hint: "set 'path' to a directory or file URL, e.g. 's3://bucket/orders/'".into(),
+            })
+    }
+
+    /// Opens the declared table. Reads the store only to infer an undeclared schema.
+    pub async fn open(
+        &self,
+        spec: &TableSpec,
+        state: &dyn Session,
+    ) -> Result<Arc<dyn ConnectorTable>> {
+        self.validate(spec, state)?;
+        match spec.connector.as_str() {
+            "filesystem" => {
+                let kind = self.format_kind(spec)?;
+                let config = FileTableConfig::new(kind, &spec.options, state)?;
+                let loc = self.stores.resolve(self.path(spec)?, &spec.options)?;
+                let table = FileTable::try_new(
+                    spec.name.clone(),
+                    loc,
+                    config,
+                    spec.columns.clone(),
+                    spec.partition_cols.clone(),
+                    state,
+                )
+                .await?;
+                Ok(Arc::new(table))
+            }
+            other => Err(ConnectorError::UnknownConnector {
+                name: other.to_string(),
+                available: CONNECTORS.join(", "),
+            }),
+        }
+    }
+}

@@ -1,0 +1,368 @@
+//! Reading a file table: the files the newest manifest lists (or, without a
+//! manifest, the directory listing), as a DataFusion scan.
+
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
+use async_trait::async_trait;
+use datafusion::catalog::Session;
+use datafusion::common::{DFSchema, ScalarValue};
+use datafusion::datasource::TableProvider;
+use datafusion::datasource::TableType;
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::listing::helpers::{expr_applicable_for_cols, filter_partitioned_file};
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder};
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::empty::EmptyExec;
+use object_store::{ObjectMeta, ObjectStoreExt};
+
+use super::format::FileTableConfig;
+use super::layout;
+use super::manifest::{self, ManifestFile};
+use super::sink::FileSink;
+use crate::error::{ConnectorError, Result};
+use crate::sink::{Sink, WriteMode};
+use crate::store::Location;
+
+/// Files read to infer a schema when the columns are not declared.
+const SCHEMA_INFERENCE_FILES: usize = 16;
+
+/// A table of parquet, csv or json files on an object store.
+#[derive(Debug)]
+pub struct FileTable {
+    name: String,
+    loc: Location,
+    config: FileTableConfig,
+    file_schema: SchemaRef,
+    partition_fields: Vec<FieldRef>,
+    schema: SchemaRef,
+}
+
+impl FileTable {
+    /// Opens the table. Without declared columns, the schema is inferred from
+    /// its files; partition columns are then strings.
+    pub async fn try_new(
+        name: String,
+        loc: Location,
+        config: FileTableConfig,
+        declared: Option<SchemaRef>,
+        partition_cols: Vec<String>,
+        state: &dyn Session,
+    ) -> Result<Self> {
+        if !loc.is_dir && !partition_cols.is_empty() {
+            return Err(ConnectorError::InvalidLocation {
+                location: loc.original.clone(),
+                reason: "a partitioned table needs a directory location (ending in '/')".into(),
+            });
+        }
+        let (file_schema, partition_fields) = match declared {
+            Some(schema) => {
+                let mut partition_fields = vec![];
+                for p in &partition_cols {
+                    let field =
+                        schema
+                            .field_with_name(p)
+                            .map_err(|_| ConnectorError::InvalidOption {
+                                key: "partitioned by".into(),
+                                reason: format!("partition column '{p}' is not a declared column"),
+                            })?;
+                    partition_fields.push(Arc::new(field.clone()));
+                }
+                let data: Vec<Field> = schema
+                    .fields()
+                    .iter()
+                    .filter(|f| !partition_cols.contains(f.name()))
+                    .map(|f| f.as_ref().clone())
+                    .collect();
+                (Arc::new(Schema::new(data)), partition_fields)
+            }
+            None => {
+                let files = live_files(&loc).await?;
+                if files.is_empty() {
+                    return Err(ConnectorError::SchemaMismatch {
+                        target: format!("{name} ({})", loc.url),
+                        reason: "no data files to infer the schema from; declare the columns"
+                            .to_string(),
+                    });
+                }
+                let metas: Vec<ObjectMeta> = files
+                    .iter()
+                    .take(SCHEMA_INFERENCE_FILES)
+                    .map(|f| object_meta(&loc, f))
+                    .collect();
+                let inferred = config
+                    .format
+                    .infer_schema(state, &loc.store, &metas)
+                    .await
+                    .map_err(|e| ConnectorError::SchemaMismatch {
+                        target: format!("{name} ({})", loc.url),
+                        reason: format!("cannot infer the schema: {}", e.strip_backtrace()),
+                    })?;
+                let data: Vec<Field> = inferred
+                    .fields()
+                    .iter()
+                    .filter(|f| !partition_cols.contains(f.name()))
+                    .map(|f| f.as_ref().clone())
+                    .collect();
+                let partition_fields = partition_cols
+                    .iter()
+                    .map(|p| Arc::new(Field::new(p, DataType::Utf8, true)))
+                    .collect();
+                (Arc::new(Schema::new(data)), partition_fields)
+            }
+        };
+        let mut fields: Vec<FieldRef> = file_schema.fields().iter().cloned().collect();
+        fields.extend(partition_fields.iter().cloned());
+        let schema = Arc::new(Schema::new(fields));
+        Ok(Self {
+            name,
+            loc,
+            config,
+            file_schema,
+            partition_fields,
+            schema,
+        })
+    }
+
+    /// The table's location.
+    pub fn location(&self) -> &Location {
+        &self.loc
+    }
+
+    /// Names of the partition columns.
+    pub fn partition_columns(&self) -> Vec<String> {
+        self.partition_fields
+            .iter()
+            .map(|f| f.name().clone())
+            .collect()
+    }
+
+    /// A sink writing rows of this table's schema.
+    pub fn sink(&self, mode: WriteMode) -> Result<Arc<dyn Sink>> {
+        Ok(Arc::new(FileSink::try_new(
+            self.name.clone(),
+            self.loc.clone(),
+            &self.config,
+            Arc::clone(&self.schema),
+            self.partition_columns(),
+            mode,
+        )?))
+    }
+
+    fn partition_values(&self, rel: &str) -> Result<Option<Vec<ScalarValue>>> {
+        let segments: Vec<&str> = rel.split('/').collect();
+        if segments.len() <= self.partition_fields.len() {
+            return Ok(if self.partition_fields.is_empty() {
+                Some(vec![])
+            } else {
+                None
+            });
+        }
+        let mut values = Vec::with_capacity(self.partition_fields.len());
+        for (field, segment) in self.partition_fields.iter().zip(&segments) {
+            let decoded = object_store::path::PathPart::parse(segment)
+                .ok()
+                .map(|p| percent_decode(p.as_ref()))
+                .unwrap_or_else(|| segment.to_string());
+            let Some((col, value)) = decoded.split_once('=') else {
+                return Ok(None);
+            };
+            if col != field.name() {
+                return Ok(None);
+            }
+            let v = if value == super::writer::NULL_PARTITION {
+                ScalarValue::try_from(field.data_type())?
+            } else {
+                ScalarValue::try_from_string(value.to_string(), field.data_type()).map_err(|e| {
+                    ConnectorError::SchemaMismatch {
+                        target: self.name.clone(),
+                        reason: format!(
+                            "partition directory '{segment}' does not hold a {} value: {}",
+                            field.data_type(),
+                            e.strip_backtrace()
+                        ),
+                    }
+                })?
+            };
+            values.push(v);
+        }
+        Ok(Some(values))
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16)
+        {
+            out.push(b);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn object_meta(loc: &Location, f: &ManifestFile) -> ObjectMeta {
+    ObjectMeta {
+        location: layout::join(&loc.path, &f.path),
+        last_modified: chrono::DateTime::<chrono::Utc>::MIN_UTC,
+        size: f.size,
+        e_tag: None,
+        version: None,
+    }
+}
+
+/// The live files of a table, or the one file of a single-file location.
+async fn live_files(loc: &Location) -> Result<Vec<ManifestFile>> {
+    if loc.is_dir {
+        return Ok(manifest::live_files(loc).await?.1);
+    }
+    let meta = loc
+        .store
+        .head(&loc.path)
+        .await
+        .map_err(|e| ConnectorError::store(loc.url.to_string(), e))?;
+    Ok(vec![ManifestFile {
+        path: String::new(),
+        size: meta.size,
+        rows: None,
+    }])
+}
+
+/// Spreads files over `n` groups, largest first onto the lightest group.
+fn group_files(mut files: Vec<PartitionedFile>, n: usize) -> Vec<FileGroup> {
+    let n = n.max(1).min(files.len().max(1));
+    files.sort_by(|a, b| {
+        b.object_meta
+            .size
+            .cmp(&a.object_meta.size)
+            .then_with(|| a.object_meta.location.cmp(&b.object_meta.location))
+    });
+    let mut groups: Vec<(u64, Vec<PartitionedFile>)> = (0..n).map(|_| (0, vec![])).collect();
+    for f in files {
+        let g = groups
+            .iter_mut()
+            .min_by_key(|(size, _)| *size)
+            .expect("at least one group");
+        g.0 += f.object_meta.size;
+        g.1.push(f);
+    }
+    groups
+        .into_iter()
+        .filter(|(_, f)| !f.is_empty())
+        .map(|(_, f)| FileGroup::new(f))
+        .collect()
+}
+
+#[async_trait]
+impl TableProvider for FileTable {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> datafusion::common::Result<Arc<dyn ExecutionPlan>> {
+        let partition_names: Vec<&str> = self
+            .partition_fields
+            .iter()
+            .map(|f| f.name().as_str())
+            .collect();
+        let partition_filters: Vec<Expr> = filters
+            .iter()
+            .filter(|f| {
+                !partition_names.is_empty() && expr_applicable_for_cols(&partition_names, f)
+            })
+            .cloned()
+            .collect();
+        let partition_schema = DFSchema::from_unqualified_fields(
+            self.partition_fields.iter().cloned().collect(),
+            Default::default(),
+        )?;
+
+        let mut files = vec![];
+        for f in live_files(&self.loc).await? {
+            let Some(values) = self.partition_values(&f.path)? else {
+                continue;
+            };
+            let meta = if self.loc.is_dir {
+                object_meta(&self.loc, &f)
+            } else {
+                ObjectMeta {
+                    location: self.loc.path.clone(),
+                    ..object_meta(&self.loc, &f)
+                }
+            };
+            let pf = PartitionedFile::from(meta).with_partition_values(values);
+            if let Some(pf) = filter_partitioned_file(pf, &partition_filters, &partition_schema)? {
+                files.push(pf);
+            }
+        }
+        if files.is_empty() {
+            let projected = match projection {
+                Some(p) => Arc::new(self.schema.project(p)?),
+                None => Arc::clone(&self.schema),
+            };
+            return Ok(Arc::new(EmptyExec::new(projected)));
+        }
+        let groups = group_files(files, state.config().target_partitions());
+        let source = self
+            .config
+            .file_source(Arc::clone(&self.file_schema), self.partition_fields.clone());
+        let config = FileScanConfigBuilder::new(self.loc.store_url.clone(), source)
+            .with_file_groups(groups)
+            .with_projection_indices(projection.cloned())?
+            .with_limit(limit)
+            .build();
+        self.config.format.create_physical_plan(state, config).await
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> datafusion::common::Result<Vec<TableProviderFilterPushDown>> {
+        let names: Vec<&str> = self
+            .partition_fields
+            .iter()
+            .map(|f| f.name().as_str())
+            .collect();
+        Ok(filters
+            .iter()
+            .map(|f| {
+                if !names.is_empty() && expr_applicable_for_cols(&names, f) {
+                    TableProviderFilterPushDown::Exact
+                } else {
+                    TableProviderFilterPushDown::Inexact
+                }
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_percent_sequences() {
+        assert_eq!(percent_decode("dt=a%2Fb"), "dt=a/b");
+        assert_eq!(percent_decode("50%25"), "50%");
+        assert_eq!(percent_decode("x%"), "x%");
+    }
+}

@@ -1,0 +1,171 @@
+//! Errors raised while parsing and planning.
+
+use datafusion::error::DataFusionError;
+use sluice_connectors::{ConnectorError, ErrorClass};
+
+/// Result type of this crate.
+pub type Result<T, E = PlannerError> = std::result::Result<T, E>;
+
+/// An error raised while parsing, binding or planning a statement.
+#[derive(Debug, thiserror::Error)]
+pub enum PlannerError {
+    /// The SQL text does not parse. Line and column are relative to the
+    /// statement (or script, for script-level errors).
+    #[error("syntax error: {message}")]
+    Syntax {
+        /// What the parser expected and found.
+        message: String,
+        /// 1-based line, when known.
+        line: Option<u64>,
+        /// 1-based column, when known.
+        column: Option<u64>,
+    },
+    /// `${NAME}` has no value.
+    #[error(
+        "variable ${{{name}}} is not defined (line {line}, column {column}): \
+         pass --var {name}=VALUE or set the environment variable SLUICE_VAR_{name}"
+    )]
+    UndefinedVariable {
+        /// Variable name.
+        name: String,
+        /// 1-based line in the script.
+        line: u64,
+        /// 1-based column in the script.
+        column: u64,
+    },
+    /// `SET` of a key Sluice does not know.
+    #[error("unknown setting '{key}'; known settings are: {known}")]
+    UnknownSetting {
+        /// The key as written.
+        key: String,
+        /// What can be set.
+        known: String,
+    },
+    /// `SET` with a value the setting cannot take.
+    #[error("invalid value '{value}' for setting '{key}': {reason}")]
+    InvalidSetting {
+        /// The key.
+        key: String,
+        /// The value as written.
+        value: String,
+        /// What is expected.
+        reason: String,
+    },
+    /// A table that is not in the catalog.
+    #[error("table '{name}' does not exist; create it first (tables: {known})")]
+    TableNotFound {
+        /// Table name.
+        name: String,
+        /// Tables that do exist.
+        known: String,
+    },
+    /// A table that already exists.
+    #[error("table '{name}' already exists; use CREATE TABLE IF NOT EXISTS or DROP TABLE first")]
+    TableExists {
+        /// Table name.
+        name: String,
+    },
+    /// A statement or clause Sluice does not support.
+    #[error("{what} is not supported: {hint}")]
+    Unsupported {
+        /// The construct.
+        what: String,
+        /// What to do instead.
+        hint: String,
+    },
+    /// Written columns do not match the target.
+    #[error("schema mismatch writing {target}: {reason}")]
+    SchemaMismatch {
+        /// Target table.
+        target: String,
+        /// The difference.
+        reason: String,
+    },
+    /// Error from a connector.
+    #[error(transparent)]
+    Connector(#[from] ConnectorError),
+    /// Error from DataFusion (planning or execution).
+    #[error("{}", .0.strip_backtrace())]
+    DataFusion(#[from] DataFusionError),
+}
+
+impl PlannerError {
+    /// Who is at fault.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            Self::Connector(e) => e.class(),
+            Self::DataFusion(e) => datafusion_class(e),
+            _ => ErrorClass::User,
+        }
+    }
+
+    /// Whether this is a syntax error (exit code 2 for scripts).
+    pub fn is_syntax(&self) -> bool {
+        match self {
+            Self::Syntax { .. } | Self::UndefinedVariable { .. } => true,
+            Self::DataFusion(DataFusionError::SQL(..)) => true,
+            _ => false,
+        }
+    }
+
+    /// `(line, column)` inside the statement, when the error carries one.
+    pub fn position(&self) -> Option<(u64, u64)> {
+        match self {
+            Self::Syntax {
+                line: Some(l),
+                column: Some(c),
+                ..
+            } => Some((*l, *c)),
+            Self::DataFusion(e) => {
+                if let Some(d) = e.diagnostic()
+                    && let Some(span) = d.span
+                {
+                    return Some((span.start.line, span.start.column));
+                }
+                position_in_message(&e.to_string())
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Classifies a DataFusion error, looking through to Sluice's own errors.
+pub fn datafusion_class(e: &DataFusionError) -> ErrorClass {
+    match e.find_root() {
+        DataFusionError::External(inner) => {
+            if let Some(c) = inner.downcast_ref::<ConnectorError>() {
+                c.class()
+            } else if inner.downcast_ref::<object_store::Error>().is_some() {
+                ErrorClass::External
+            } else {
+                ErrorClass::User
+            }
+        }
+        DataFusionError::ObjectStore(_) | DataFusionError::IoError(_) => ErrorClass::External,
+        DataFusionError::Internal(_) => ErrorClass::Internal,
+        _ => ErrorClass::User,
+    }
+}
+
+/// Extracts `Line: N, Column: M` as sqlparser writes positions in messages.
+pub(crate) fn position_in_message(msg: &str) -> Option<(u64, u64)> {
+    let at = msg.rfind("Line: ")?;
+    let rest = &msg[at + 6..];
+    let (line, rest) = rest.split_once(", Column: ")?;
+    let column: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+    Some((line.trim().parse().ok()?, column.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_position_in_sqlparser_messages() {
+        assert_eq!(
+            position_in_message("Expected: end of statement, found: x at Line: 3, Column: 14"),
+            Some((3, 14))
+        );
+        assert_eq!(position_in_message("no position"), None);
+    }
+}

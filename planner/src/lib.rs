@@ -1,0 +1,17 @@
+//! Sluice's planner: the integration SQL dialect, scripts, the catalog and
+//! the DataFusion session that binds statements to plans.
+
+pub mod catalog;
+pub mod config;
+mod ddl;
+pub mod error;
+pub mod parser;
+pub mod script;
+pub mod session;
+
+pub use catalog::{Catalog, MemoryCatalog, TableEntry};
+pub use config::SluiceOptions;
+pub use error::{PlannerError, Result};
+pub use parser::{SluiceStatement, parse_statement};
+pub use script::{ScriptStatement, caret_snippet, split, substitute};
+pub use session::{Planned, RunContext, SluiceSession, StatementKind, WriteJob};

@@ -1,0 +1,773 @@
+//! A Sluice session: the DataFusion context, the catalog, and binding of
+//! statements to plans.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use arrow::datatypes::SchemaRef;
+use datafusion::common::Column;
+use datafusion::execution::runtime_env::RuntimeEnv;
+use datafusion::logical_expr::{DdlStatement, LogicalPlan, LogicalPlanBuilder, cast, lit};
+use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
+use datafusion::prelude::{Expr, SessionConfig, SessionContext};
+use datafusion::sql::parser::{CreateExternalTable as DfCreateExternal, Statement as DfStatement};
+use datafusion::sql::sqlparser::ast::{ObjectName, Query, Statement, TableObject};
+use sluice_connectors::sink::WriteProgress;
+use sluice_connectors::{
+    ConnectorFactory, SecretResolver, Sink, SinkExec, StoreRegistry, TableOptions, TableSpec,
+    WriteMode, factory::ConnectorTable,
+};
+
+use crate::catalog::{Catalog, MemoryCatalog, TableEntry};
+use crate::config::{SluiceOptions, resolve_setting, sluice_options};
+use crate::ddl::{render_create_table, schema_of};
+use crate::error::{PlannerError, Result};
+use crate::parser::{CopySource, CopyTo, CreateTable, SluiceStatement, partition_spec_item};
+
+/// What kind of statement ran, for summaries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatementKind {
+    /// CREATE TABLE / EXTERNAL TABLE.
+    CreateTable,
+    /// CREATE VIEW and other DataFusion DDL.
+    Ddl,
+    /// DROP TABLE.
+    DropTable,
+    /// SET.
+    Set,
+    /// INSERT INTO.
+    Insert,
+    /// INSERT OVERWRITE.
+    InsertOverwrite,
+    /// COPY TO.
+    Copy,
+    /// A query or SHOW / DESCRIBE / EXPLAIN.
+    Query,
+}
+
+impl StatementKind {
+    /// Short upper-case label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::CreateTable => "CREATE TABLE",
+            Self::Ddl => "DDL",
+            Self::DropTable => "DROP TABLE",
+            Self::Set => "SET",
+            Self::Insert => "INSERT",
+            Self::InsertOverwrite => "INSERT OVERWRITE",
+            Self::Copy => "COPY",
+            Self::Query => "QUERY",
+        }
+    }
+}
+
+/// A write ready to run: a plan with a [`SinkExec`] at its root.
+#[derive(Debug, Clone)]
+pub struct WriteJob {
+    /// INSERT, INSERT OVERWRITE or COPY.
+    pub kind: StatementKind,
+    /// Target table and location.
+    pub target: String,
+    /// The plan; its root is a [`SinkExec`].
+    pub plan: Arc<dyn ExecutionPlan>,
+    /// The sink, for commit and abort.
+    pub sink: Arc<dyn Sink>,
+    /// Unique id of this execution.
+    pub job_id: String,
+    /// Stable id across re-runs with the same pipeline and variables.
+    pub run_id: Option<String>,
+    /// Append even if the run id was committed.
+    pub force: bool,
+    /// Live counters.
+    pub progress: Arc<WriteProgress>,
+}
+
+/// A statement bound to what must happen.
+#[derive(Debug)]
+pub enum Planned {
+    /// Applied already (DDL, SET).
+    Done {
+        /// Statement kind.
+        kind: StatementKind,
+        /// Object affected.
+        target: Option<String>,
+        /// One-line description.
+        message: String,
+    },
+    /// A result set to stream.
+    Query {
+        /// The physical plan.
+        plan: Arc<dyn ExecutionPlan>,
+    },
+    /// A write.
+    Write(WriteJob),
+}
+
+/// Identity of the running job, for run ids.
+#[derive(Debug, Clone, Default)]
+pub struct RunContext {
+    /// File name of the script, when run from a file.
+    pub script_name: Option<String>,
+    /// Variables the script used, with their values.
+    pub vars: BTreeMap<String, String>,
+    /// `--force-rerun`.
+    pub force_rerun: bool,
+}
+
+/// A session: DataFusion context plus Sluice's catalog of connector tables.
+pub struct SluiceSession {
+    ctx: SessionContext,
+    catalog: Arc<dyn Catalog>,
+    factory: Arc<ConnectorFactory>,
+    tables: Mutex<HashMap<String, Arc<dyn ConnectorTable>>>,
+    run: RunContext,
+}
+
+impl std::fmt::Debug for SluiceSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SluiceSession")
+            .field("session_id", &self.ctx.session_id())
+            .field("catalog", &self.catalog)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SluiceSession {
+    /// A session with a fresh in-memory catalog.
+    pub fn new(config: SessionConfig, run: RunContext) -> Self {
+        Self::with_catalog(
+            config,
+            Arc::new(RuntimeEnv::default()),
+            Arc::new(MemoryCatalog::new()),
+            run,
+        )
+    }
+
+    /// A session over the given runtime and catalog.
+    pub fn with_catalog(
+        config: SessionConfig,
+        runtime: Arc<RuntimeEnv>,
+        catalog: Arc<dyn Catalog>,
+        run: RunContext,
+    ) -> Self {
+        let config = config
+            .with_option_extension(SluiceOptions::default())
+            .with_information_schema(true);
+        let ctx = SessionContext::new_with_config_rt(config, Arc::clone(&runtime));
+        let stores = Arc::new(StoreRegistry::new(runtime, SecretResolver::from_env()));
+        Self {
+            ctx,
+            catalog,
+            factory: Arc::new(ConnectorFactory::new(stores)),
+            tables: Mutex::new(HashMap::new()),
+            run,
+        }
+    }
+
+    /// The DataFusion context.
+    pub fn context(&self) -> &SessionContext {
+        &self.ctx
+    }
+
+    /// The current Sluice options.
+    pub fn options(&self) -> SluiceOptions {
+        sluice_options(self.ctx.state().config())
+    }
+
+    /// Binds one parsed statement. DDL and SET take effect now; writes and
+    /// queries are returned as plans. With `dry_run`, DataFusion DDL that
+    /// would compute data (CREATE TABLE AS) is planned but not run.
+    pub async fn plan(
+        &self,
+        stmt: SluiceStatement,
+        index: usize,
+        dry_run: bool,
+    ) -> Result<Planned> {
+        match stmt {
+            SluiceStatement::CreateTable(c) => self.create_table(*c).await,
+            SluiceStatement::DropTable { names, if_exists } => {
+                self.drop_tables(names, if_exists).await
+            }
+            SluiceStatement::ShowCreateTable(name) => self.show_create_table(&name).await,
+            SluiceStatement::Set { key, value } => self.set(&key, &value),
+            SluiceStatement::Insert(insert) => self.plan_insert(*insert, index).await,
+            SluiceStatement::Copy(copy) => self.plan_copy(*copy).await,
+            SluiceStatement::DataFusion(stmt) => self.plan_datafusion(*stmt, index, dry_run).await,
+        }
+    }
+
+    fn set(&self, key: &str, value: &str) -> Result<Planned> {
+        let state = self.ctx.state_ref();
+        let mut state = state.write();
+        let setting = resolve_setting(key, value, state.config())?;
+        if !setting.key.is_empty() {
+            state
+                .config_mut()
+                .options_mut()
+                .set(&setting.key, &setting.value)
+                .map_err(|e| PlannerError::InvalidSetting {
+                    key: key.to_string(),
+                    value: value.to_string(),
+                    reason: e.strip_backtrace(),
+                })?;
+        }
+        Ok(Planned::Done {
+            kind: StatementKind::Set,
+            target: Some(key.to_string()),
+            message: format!("{key} = {value}"),
+        })
+    }
+
+    async fn create_table(&self, c: CreateTable) -> Result<Planned> {
+        let name = table_name(&c.name)?;
+        if !c.or_replace && self.catalog.get(&name).await?.is_some() {
+            if c.if_not_exists {
+                return Ok(Planned::Done {
+                    kind: StatementKind::CreateTable,
+                    target: Some(name.clone()),
+                    message: format!("table {name} exists; skipped"),
+                });
+            }
+            return Err(PlannerError::TableExists { name });
+        }
+        let mut options = c.options.clone();
+        let connector = match options.remove("connector") {
+            Some(sluice_connectors::OptionValue::Literal(v)) => v.to_ascii_lowercase(),
+            Some(_) => {
+                return Err(sluice_connectors::ConnectorError::InvalidOption {
+                    key: "connector".into(),
+                    reason: "the connector name cannot be a secret".into(),
+                }
+                .into());
+            }
+            None => {
+                return Err(sluice_connectors::ConnectorError::MissingOption {
+                    connector: "?".into(),
+                    key: "connector".into(),
+                    hint: format!(
+                        "add 'connector' = '...' to the WITH clause; available: {}",
+                        sluice_connectors::factory::CONNECTORS.join(", ")
+                    ),
+                }
+                .into());
+            }
+        };
+        let columns = if c.columns.is_empty() {
+            None
+        } else {
+            Some(schema_of(&self.ctx, &c.columns).await?)
+        };
+        let spec = TableSpec {
+            name: name.clone(),
+            connector,
+            options,
+            columns,
+            partition_cols: c.partition_cols.clone(),
+            primary_key: c.primary_key.clone(),
+        };
+        let state = self.ctx.state();
+        let table = self.factory.open(&spec, &state).await?;
+        let spec = TableSpec {
+            columns: Some(table.schema()),
+            ..spec
+        };
+        let ddl = render_create_table(&spec, c.temporary);
+        self.catalog
+            .create(
+                &name,
+                TableEntry {
+                    spec,
+                    ddl,
+                    temporary: c.temporary,
+                },
+                c.or_replace,
+            )
+            .await?;
+        let provider: Arc<dyn datafusion::catalog::TableProvider> = Arc::clone(&table) as _;
+        self.ctx.deregister_table(name.as_str())?;
+        self.ctx.register_table(name.as_str(), provider)?;
+        self.tables
+            .lock()
+            .expect("tables lock")
+            .insert(name.clone(), table);
+        Ok(Planned::Done {
+            kind: StatementKind::CreateTable,
+            target: Some(name.clone()),
+            message: format!("created table {name}"),
+        })
+    }
+
+    async fn drop_tables(&self, names: Vec<ObjectName>, if_exists: bool) -> Result<Planned> {
+        let mut dropped = vec![];
+        for n in &names {
+            let name = table_name(n)?;
+            if self.catalog.drop_table(&name).await?.is_some() {
+                self.tables.lock().expect("tables lock").remove(&name);
+                self.ctx.deregister_table(name.as_str())?;
+                dropped.push(name);
+            } else if self.ctx.table_exist(name.as_str())? {
+                // A DataFusion table (CREATE TABLE AS, views are DROP VIEW).
+                self.ctx.deregister_table(name.as_str())?;
+                dropped.push(name);
+            } else if !if_exists {
+                return Err(self.not_found(&name).await);
+            }
+        }
+        Ok(Planned::Done {
+            kind: StatementKind::DropTable,
+            target: Some(dropped.join(", ")),
+            message: format!(
+                "dropped {}",
+                if dropped.is_empty() {
+                    "nothing".to_string()
+                } else {
+                    dropped.join(", ")
+                }
+            ),
+        })
+    }
+
+    async fn not_found(&self, name: &str) -> PlannerError {
+        let known = self.catalog.list().await.unwrap_or_default();
+        PlannerError::TableNotFound {
+            name: name.to_string(),
+            known: if known.is_empty() {
+                "none declared".to_string()
+            } else {
+                known.join(", ")
+            },
+        }
+    }
+
+    async fn show_create_table(&self, name: &ObjectName) -> Result<Planned> {
+        let name = table_name(name)?;
+        let Some(entry) = self.catalog.get(&name).await? else {
+            return Err(self.not_found(&name).await);
+        };
+        let sql = format!(
+            "SELECT {} AS table_name, {} AS create_statement",
+            quote_literal(&name),
+            quote_literal(&entry.ddl)
+        );
+        let df = self.ctx.sql(&sql).await?;
+        Ok(Planned::Query {
+            plan: df.create_physical_plan().await?,
+        })
+    }
+
+    async fn connector_table(&self, name: &str) -> Result<Arc<dyn ConnectorTable>> {
+        if let Some(t) = self.tables.lock().expect("tables lock").get(name) {
+            return Ok(Arc::clone(t));
+        }
+        Err(self.not_found(name).await)
+    }
+
+    async fn plan_query(&self, query: Query) -> Result<LogicalPlan> {
+        let state = self.ctx.state();
+        let stmt = DfStatement::Statement(Box::new(Statement::Query(Box::new(query))));
+        Ok(state.statement_to_plan(stmt).await?)
+    }
+
+    fn run_id(&self, index: usize) -> Option<String> {
+        let options = self.options();
+        let pipeline = if options.pipeline_name.is_empty() {
+            self.run.script_name.clone()?
+        } else {
+            options.pipeline_name
+        };
+        let vars: Vec<String> = self
+            .run
+            .vars
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        Some(format!("{pipeline}({})#{index}", vars.join(",")))
+    }
+
+    async fn plan_insert(
+        &self,
+        insert: datafusion::sql::sqlparser::ast::Insert,
+        index: usize,
+    ) -> Result<Planned> {
+        let TableObject::TableName(target_name) = &insert.table else {
+            return Err(PlannerError::Unsupported {
+                what: "INSERT INTO a table function".into(),
+                hint: "insert into a declared table".into(),
+            });
+        };
+        let name = table_name(target_name)?;
+        let table = self.connector_table(&name).await?;
+        let Some(source) = insert.source.clone() else {
+            return Err(PlannerError::Unsupported {
+                what: "INSERT without a query or VALUES".into(),
+                hint: "write INSERT INTO t SELECT ... or INSERT INTO t VALUES (...)".into(),
+            });
+        };
+        let partition_cols = table.partition_columns();
+        let mut static_values: Vec<(String, String)> = vec![];
+        let mut dynamic = false;
+        for e in insert.partitioned.iter().flatten() {
+            let (col, value) = partition_spec_item(e).ok_or_else(|| PlannerError::Unsupported {
+                what: format!("PARTITION element '{e}'"),
+                hint: "write PARTITION (col = 'value', ...) or PARTITION (col)".into(),
+            })?;
+            if !partition_cols.iter().any(|p| p.eq_ignore_ascii_case(&col)) {
+                return Err(PlannerError::SchemaMismatch {
+                    target: name.clone(),
+                    reason: format!(
+                        "'{col}' is not a partition column (partition columns: {})",
+                        if partition_cols.is_empty() {
+                            "none".to_string()
+                        } else {
+                            partition_cols.join(", ")
+                        }
+                    ),
+                });
+            }
+            match value {
+                Some(v) => {
+                    if dynamic {
+                        return Err(PlannerError::Unsupported {
+                            what: "a static partition value after a dynamic one".into(),
+                            hint: "list static partition values first, e.g. PARTITION (dt = '...', hr)".into(),
+                        });
+                    }
+                    static_values.push((col, v));
+                }
+                None => dynamic = true,
+            }
+        }
+        let mode = if !insert.overwrite {
+            WriteMode::Append
+        } else if dynamic
+            || (static_values.is_empty()
+                && !partition_cols.is_empty()
+                && self.options().partition_overwrite_mode == "dynamic")
+        {
+            WriteMode::OverwriteDynamic
+        } else if !static_values.is_empty() {
+            WriteMode::OverwriteStatic(static_values.clone())
+        } else {
+            WriteMode::Overwrite
+        };
+
+        let source_plan = self.plan_query(*source).await?;
+        let target_schema = table.schema();
+        let insert_columns: Vec<String> = insert.columns.iter().map(|c| ident_name(c)).collect();
+        let plan = project_to_target(
+            &name,
+            source_plan,
+            &target_schema,
+            &insert_columns,
+            &static_values,
+        )?;
+        let kind = if insert.overwrite {
+            StatementKind::InsertOverwrite
+        } else {
+            StatementKind::Insert
+        };
+        let sink = table.sink(mode)?;
+        let run_id = self.run_id(index);
+        self.write_job(kind, plan, sink, run_id).await
+    }
+
+    async fn plan_copy(&self, copy: CopyTo) -> Result<Planned> {
+        let source_plan = match copy.source {
+            CopySource::Query(q) => self.plan_query(*q).await?,
+            CopySource::Table(t) => {
+                let name = table_name(&t)?;
+                self.ctx.table(name.as_str()).await?.into_unoptimized_plan()
+            }
+        };
+        let format = match &copy.stored_as {
+            Some(f) => f.clone(),
+            None => copy
+                .target
+                .rsplit('/')
+                .next()
+                .and_then(|n| n.rsplit_once('.'))
+                .map(|(_, ext)| ext.to_ascii_lowercase())
+                .ok_or_else(|| PlannerError::Unsupported {
+                    what: format!("COPY to '{}' without STORED AS", copy.target),
+                    hint: "add STORED AS PARQUET | CSV | JSON".into(),
+                })?,
+        };
+        let mut options: TableOptions = copy.options.clone();
+        options.insert_literal("format", format);
+        options.insert_literal("path", copy.target.clone());
+        // Partition columns go last, as in the table the files form.
+        let schema = source_plan.schema().as_arrow().clone();
+        for p in &copy.partitioned_by {
+            if schema.field_with_name(p).is_err() {
+                return Err(PlannerError::SchemaMismatch {
+                    target: copy.target.clone(),
+                    reason: format!("partition column '{p}' is not produced by the query"),
+                });
+            }
+        }
+        let mut ordered: Vec<String> = schema
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .filter(|n| !copy.partitioned_by.contains(n))
+            .collect();
+        ordered.extend(copy.partitioned_by.iter().cloned());
+        let exprs: Vec<Expr> = ordered
+            .iter()
+            .map(|n| {
+                let (q, f) = source_plan
+                    .schema()
+                    .qualified_field_with_unqualified_name(n)?;
+                Ok(Expr::Column(Column::from((q, f))))
+            })
+            .collect::<datafusion::common::Result<_>>()?;
+        let plan = LogicalPlanBuilder::from(source_plan)
+            .project(exprs)?
+            .build()?;
+        let spec = TableSpec {
+            name: copy.target.clone(),
+            connector: "filesystem".into(),
+            options,
+            columns: Some(Arc::new(plan.schema().as_arrow().clone())),
+            partition_cols: copy.partitioned_by.clone(),
+            primary_key: vec![],
+        };
+        let state = self.ctx.state();
+        let table = self.factory.open(&spec, &state).await?;
+        let sink = table.sink(WriteMode::Overwrite)?;
+        self.write_job(StatementKind::Copy, plan, sink, None).await
+    }
+
+    async fn write_job(
+        &self,
+        kind: StatementKind,
+        plan: LogicalPlan,
+        sink: Arc<dyn Sink>,
+        run_id: Option<String>,
+    ) -> Result<Planned> {
+        let state = self.ctx.state();
+        let mut physical = state.create_physical_plan(&plan).await?;
+        if sink.max_writers() == Some(1) && physical.output_partitioning().partition_count() > 1 {
+            physical = Arc::new(CoalescePartitionsExec::new(physical));
+        }
+        let job_id = uuid::Uuid::now_v7().to_string();
+        let exec = SinkExec::new(physical, Arc::clone(&sink), job_id.clone());
+        let progress = Arc::clone(exec.progress());
+        Ok(Planned::Write(WriteJob {
+            kind,
+            target: sink.target(),
+            plan: Arc::new(exec),
+            sink,
+            job_id,
+            run_id,
+            force: self.run.force_rerun || self.options().force_rerun,
+            progress,
+        }))
+    }
+
+    async fn plan_datafusion(
+        &self,
+        stmt: DfStatement,
+        index: usize,
+        dry_run: bool,
+    ) -> Result<Planned> {
+        // EXPLAIN of a write explains Sluice's write plan.
+        if let DfStatement::Explain(explain) = &stmt
+            && let DfStatement::Statement(inner) = explain.statement.as_ref()
+            && let Statement::Insert(insert) = inner.as_ref()
+        {
+            let planned = self.plan_insert(insert.clone(), index).await?;
+            return self.explain_planned(planned).await;
+        }
+        let state = self.ctx.state();
+        let plan = state.statement_to_plan(stmt).await?;
+        match &plan {
+            LogicalPlan::Ddl(ddl) => {
+                let label = ddl.name().to_string();
+                let computes = matches!(ddl, DdlStatement::CreateMemoryTable(_));
+                if !(dry_run && computes) {
+                    self.ctx.execute_logical_plan(plan).await?;
+                }
+                Ok(Planned::Done {
+                    kind: StatementKind::Ddl,
+                    target: None,
+                    message: label,
+                })
+            }
+            LogicalPlan::Dml(_) => Err(PlannerError::Unsupported {
+                what: "this DML statement".into(),
+                hint: "use INSERT INTO / INSERT OVERWRITE on a declared table".into(),
+            }),
+            LogicalPlan::Statement(_) => Err(PlannerError::Unsupported {
+                what: format!("statement '{}'", plan.display()),
+                hint: "Sluice scripts run each statement on its own; transactions and \
+                       prepared statements are not available here"
+                    .into(),
+            }),
+            _ => {
+                let df = self.ctx.execute_logical_plan(plan).await?;
+                Ok(Planned::Query {
+                    plan: df.create_physical_plan().await?,
+                })
+            }
+        }
+    }
+
+    /// A query answering with the plan of `planned`, as EXPLAIN does.
+    pub async fn explain_planned(&self, planned: Planned) -> Result<Planned> {
+        let text = match &planned {
+            Planned::Write(w) => datafusion::physical_plan::displayable(w.plan.as_ref())
+                .indent(true)
+                .to_string(),
+            Planned::Query { plan } => datafusion::physical_plan::displayable(plan.as_ref())
+                .indent(true)
+                .to_string(),
+            Planned::Done { message, .. } => message.clone(),
+        };
+        let sql = format!(
+            "SELECT 'physical_plan' AS plan_type, {} AS plan",
+            quote_literal(&text)
+        );
+        let df = self.ctx.sql(&sql).await?;
+        Ok(Planned::Query {
+            plan: df.create_physical_plan().await?,
+        })
+    }
+}
+
+/// Projects `source` onto the target table's columns, casting each.
+fn project_to_target(
+    target: &str,
+    source: LogicalPlan,
+    target_schema: &SchemaRef,
+    insert_columns: &[String],
+    static_values: &[(String, String)],
+) -> Result<LogicalPlan> {
+    let is_static = |name: &str| {
+        static_values
+            .iter()
+            .any(|(c, _)| c.eq_ignore_ascii_case(name))
+    };
+    let provided: Vec<String> = if insert_columns.is_empty() {
+        target_schema
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .filter(|n| !is_static(n))
+            .collect()
+    } else {
+        for c in insert_columns {
+            if target_schema.field_with_name(c).is_err() {
+                return Err(PlannerError::SchemaMismatch {
+                    target: target.to_string(),
+                    reason: format!("column '{c}' does not exist in {target}"),
+                });
+            }
+        }
+        insert_columns.to_vec()
+    };
+    let source_fields = source.schema().columns();
+    if source_fields.len() != provided.len() {
+        return Err(PlannerError::SchemaMismatch {
+            target: target.to_string(),
+            reason: format!(
+                "the query produces {} columns but {} are expected: ({})",
+                source_fields.len(),
+                provided.len(),
+                provided.join(", ")
+            ),
+        });
+    }
+    let mut exprs = Vec::with_capacity(target_schema.fields().len());
+    for field in target_schema.fields() {
+        let name = field.name();
+        let expr = if let Some((_, v)) = static_values
+            .iter()
+            .find(|(c, _)| c.eq_ignore_ascii_case(name))
+        {
+            cast(lit(v.clone()), field.data_type().clone())
+        } else if let Some(pos) = provided.iter().position(|p| p.eq_ignore_ascii_case(name)) {
+            let col = Expr::Column(source_fields[pos].clone());
+            if source.schema().field(pos).data_type() == field.data_type() {
+                col
+            } else {
+                cast(col, field.data_type().clone())
+            }
+        } else if field.is_nullable() {
+            cast(
+                lit(datafusion::common::ScalarValue::Null),
+                field.data_type().clone(),
+            )
+        } else {
+            return Err(PlannerError::SchemaMismatch {
+                target: target.to_string(),
+                reason: format!("column '{name}' is NOT NULL and is not written"),
+            });
+        };
+        exprs.push(expr.alias(name));
+    }
+    Ok(LogicalPlanBuilder::from(source).project(exprs)?.build()?)
+}
+
+/// Normalised table name: unquoted identifiers are lower-cased.
+pub fn table_name(name: &ObjectName) -> Result<String> {
+    let parts: Vec<String> = name
+        .0
+        .iter()
+        .map(|p| match p.as_ident() {
+            Some(id) => ident_value(id),
+            None => p.to_string(),
+        })
+        .collect();
+    if parts.len() != 1 {
+        return Err(PlannerError::Unsupported {
+            what: format!("qualified table name '{name}'"),
+            hint: "use a plain table name".into(),
+        });
+    }
+    Ok(parts.into_iter().next().expect("one part"))
+}
+
+fn ident_value(id: &datafusion::sql::sqlparser::ast::Ident) -> String {
+    if id.quote_style.is_some() {
+        id.value.clone()
+    } else {
+        id.value.to_lowercase()
+    }
+}
+
+fn ident_name(name: &ObjectName) -> String {
+    name.0
+        .last()
+        .and_then(|p| p.as_ident())
+        .map(ident_value)
+        .unwrap_or_else(|| name.to_string())
+}
+
+fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// The DataFusion statement DataFusion uses to turn column definitions into
+/// a schema; Sluice borrows its type mapping.
+pub(crate) fn external_for_schema(
+    columns: Vec<datafusion::sql::sqlparser::ast::ColumnDef>,
+) -> DfStatement {
+    DfStatement::CreateExternalTable(DfCreateExternal {
+        name: ObjectName::from(vec![datafusion::sql::sqlparser::ast::Ident::new(
+            "sluice_schema_probe",
+        )]),
+        columns,
+        file_type: "CSV".into(),
+        locations: vec!["memory:///sluice_schema_probe/".into()],
+        table_partition_cols: vec![],
+        order_exprs: vec![],
+        if_not_exists: false,
+        or_replace: false,
+        temporary: false,
+        unbounded: false,
+        options: vec![],
+        constraints: vec![],
+    })
+}

@@ -1,0 +1,121 @@
+//! The embedded engine: one process runs coordinator, executor and sinks.
+
+use std::sync::Arc;
+
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::physical_plan::{ExecutionPlan, displayable, execute_stream};
+use datafusion::prelude::SessionConfig;
+use sluice_connectors::CommitOutcome;
+use sluice_planner::error::PlannerError;
+use sluice_planner::{Planned, RunContext, SluiceSession, SluiceStatement, StatementKind};
+
+use crate::coordinator;
+
+/// What executing one statement produced.
+pub enum Executed {
+    /// DDL or SET took effect.
+    Done {
+        /// Statement kind.
+        kind: StatementKind,
+        /// Object affected.
+        target: Option<String>,
+        /// Description.
+        message: String,
+    },
+    /// A result set, streamed.
+    Rows {
+        /// The plan (for metrics after the stream ends).
+        plan: Arc<dyn ExecutionPlan>,
+        /// The rows.
+        stream: SendableRecordBatchStream,
+    },
+    /// A committed write.
+    Written {
+        /// INSERT, INSERT OVERWRITE or COPY.
+        kind: StatementKind,
+        /// Target.
+        target: String,
+        /// What the commit made visible.
+        outcome: CommitOutcome,
+        /// Rows read by the plan's sources.
+        rows_read: Option<u64>,
+    },
+    /// `--dry-run`: the plan that would run.
+    Plan {
+        /// Statement kind.
+        kind: StatementKind,
+        /// Target, for writes.
+        target: Option<String>,
+        /// Indented physical plan.
+        text: String,
+    },
+}
+
+/// A session running statements in this process.
+#[derive(Debug)]
+pub struct EmbeddedSession {
+    session: SluiceSession,
+    dry_run: bool,
+}
+
+impl EmbeddedSession {
+    /// A session with its own temporary catalog.
+    pub fn new(config: SessionConfig, run: RunContext, dry_run: bool) -> Self {
+        Self {
+            session: SluiceSession::new(config, run),
+            dry_run,
+        }
+    }
+
+    /// The planner session.
+    pub fn session(&self) -> &SluiceSession {
+        &self.session
+    }
+
+    /// Binds and runs one statement; `progress` is called with the live
+    /// counters of a write before it starts.
+    pub async fn execute(
+        &self,
+        stmt: SluiceStatement,
+        index: usize,
+        on_write: &mut (dyn FnMut(&sluice_planner::WriteJob) + Send),
+    ) -> Result<Executed, PlannerError> {
+        let planned = self.session.plan(stmt, index, self.dry_run).await?;
+        let ctx = self.session.context().task_ctx();
+        match planned {
+            Planned::Done {
+                kind,
+                target,
+                message,
+            } => Ok(Executed::Done {
+                kind,
+                target,
+                message,
+            }),
+            Planned::Query { plan } if self.dry_run => Ok(Executed::Plan {
+                kind: StatementKind::Query,
+                target: None,
+                text: displayable(plan.as_ref()).indent(true).to_string(),
+            }),
+            Planned::Query { plan } => {
+                let stream = execute_stream(Arc::clone(&plan), ctx)?;
+                Ok(Executed::Rows { plan, stream })
+            }
+            Planned::Write(job) if self.dry_run => Ok(Executed::Plan {
+                kind: job.kind,
+                target: Some(job.target.clone()),
+                text: displayable(job.plan.as_ref()).indent(true).to_string(),
+            }),
+            Planned::Write(job) => {
+                on_write(&job);
+                let outcome = coordinator::run_write(&job, ctx).await?;
+                Ok(Executed::Written {
+                    kind: job.kind,
+                    target: job.target.clone(),
+                    outcome,
+                    rows_read: coordinator::rows_read(&job.plan),
+                })
+            }
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! The `sluice` binary.
+
+fn main() -> std::process::ExitCode {
+    sluice_server::main()
+}

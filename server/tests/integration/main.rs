@@ -1,0 +1,45 @@
+//! The server crate's one integration-test binary: the `.slt` suites run
+//! embedded, plus CLI, fault and object-store tests of the real `sluice`
+//! binary, all as libtest trials (so `cargo nextest` lists each).
+
+mod cli;
+mod fault;
+mod s3;
+mod support;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use sluice_server::engine::EmbeddedEngineFactory;
+use sluice_sql_tests::{RunnerConfig, run_main_with};
+
+fn main() -> ExitCode {
+    // The secrets suite declares a table with secret('SLT_S3_KEY'); set it
+    // before any thread starts.
+    // SAFETY: nothing else runs yet; no other thread reads the environment.
+    unsafe { std::env::set_var("SLUICE_SECRET_SLT_S3_KEY", "slt-secret-value-never-printed") };
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let suites = root.join("sql-tests/suites");
+    let mut config = RunnerConfig {
+        name_prefix: "slt::".to_string(),
+        ..RunnerConfig::default()
+    };
+    config.vars.insert(
+        "TESTDATA".to_string(),
+        root.join("sql-tests/data")
+            .canonicalize()
+            .expect("sql-tests/data")
+            .display()
+            .to_string(),
+    );
+    let mut trials = cli::trials();
+    trials.extend(fault::trials());
+    trials.extend(s3::trials());
+    run_main_with(
+        config,
+        Arc::new(EmbeddedEngineFactory::default()),
+        &[suites],
+        trials,
+    )
+}
