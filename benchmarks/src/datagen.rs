@@ -114,11 +114,10 @@ pub(crate) fn ensure_lineitem(data: &Path, scale_factor: f64) -> Result<Dataset>
 
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     // Remove the marker first: an interrupted generation must not look done.
-    match fs::remove_file(&marker) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(e).with_context(|| format!("removing {}", marker.display()));
-        }
-        _ => {}
+    if let Err(e) = fs::remove_file(&marker)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        return Err(e).with_context(|| format!("removing {}", marker.display()));
     }
     eprintln!(
         "generating TPC-H lineitem SF{scale_factor} into {} (SF1: about 6M rows)",
@@ -128,7 +127,7 @@ pub(crate) fn ensure_lineitem(data: &Path, scale_factor: f64) -> Result<Dataset>
     let tmp = dir.join("lineitem.csv.tmp");
     let (rows, j1_rows) = write_lineitem_csv(&tmp, scale_factor)
         .with_context(|| format!("writing {}", tmp.display()))?;
-    fs::rename(&tmp, &csv).with_context(|| format!("renaming to {}", csv.display()))?;
+    fs::rename(tmp, &csv).with_context(|| format!("renaming to {}", csv.display()))?;
     let bytes = fs::metadata(&csv)?.len();
     let dataset = Dataset {
         dir,

@@ -209,6 +209,7 @@ pub(crate) fn run(args: &J1Args) -> Result<bool> {
     eprintln!("{dataset}");
     let out_root = std::path::absolute(&args.data.data)?.join("out");
     let logs = out_root.join("logs");
+    remove_dir_if_exists(&logs)?;
     fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
     let expected = Expectations {
         rows: dataset.j1_rows,
@@ -271,12 +272,7 @@ fn run_once(
     log: &Path,
     expected: &Expectations<'_>,
 ) -> Result<std::result::Result<(Run, OutputSummary), String>> {
-    match fs::remove_dir_all(out) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(e).with_context(|| format!("removing {}", out.display()));
-        }
-        _ => {}
-    }
+    remove_dir_if_exists(out)?;
     let log_file = File::create(log).with_context(|| format!("creating {}", log.display()))?;
     let mut cmd = programs.command(peer, dataset, out);
     cmd.stdin(Stdio::null())
@@ -311,6 +307,15 @@ fn run_once(
         max_rss_bytes: m.max_rss_bytes,
     };
     Ok(Ok((run, summary)))
+}
+
+fn remove_dir_if_exists(dir: &Path) -> Result<()> {
+    if let Err(e) = fs::remove_dir_all(dir)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        return Err(e).with_context(|| format!("removing {}", dir.display()));
+    }
+    Ok(())
 }
 
 /// The last lines of a log, to show why a peer failed.

@@ -101,11 +101,12 @@ impl PlannerError {
 
     /// Whether this is a syntax error (exit code 2 for scripts).
     pub fn is_syntax(&self) -> bool {
-        match self {
-            Self::Syntax { .. } | Self::UndefinedVariable { .. } => true,
-            Self::DataFusion(DataFusionError::SQL(..)) => true,
-            _ => false,
-        }
+        matches!(
+            self,
+            Self::Syntax { .. }
+                | Self::UndefinedVariable { .. }
+                | Self::DataFusion(DataFusionError::SQL(..))
+        )
     }
 
     /// `(line, column)` inside the statement, when the error carries one.

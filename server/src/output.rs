@@ -88,7 +88,7 @@ fn print_table(
     batches: &[RecordBatch],
 ) -> Result<(), DataFusionError> {
     if batches.is_empty() {
-        let empty = RecordBatch::new_empty(schema.clone());
+        let empty = RecordBatch::new_empty(std::sync::Arc::clone(schema));
         writeln!(
             out,
             "{}",

@@ -24,6 +24,7 @@
 //! moment they are moved, and replaced files until they are deleted just after
 //! the commit point.
 
+mod csv_scan;
 mod format;
 mod layout;
 mod manifest;

@@ -322,6 +322,30 @@ impl TableProvider for FileTable {
             return Ok(Arc::new(EmptyExec::new(projected)));
         }
         let groups = group_files(files, state.config().target_partitions());
+        if self.config.max_bad_records > 0 {
+            let groups = groups
+                .iter()
+                .map(|g| {
+                    g.files()
+                        .iter()
+                        .map(|f| super::csv_scan::CsvFile {
+                            path: f.object_meta.location.clone(),
+                            partition_values: f.partition_values.clone(),
+                        })
+                        .collect()
+                })
+                .collect();
+            return Ok(Arc::new(super::csv_scan::CsvScanExec::new(
+                self.name.clone(),
+                self.loc.clone(),
+                groups,
+                Arc::clone(&self.file_schema),
+                self.partition_fields.clone(),
+                projection.cloned(),
+                self.config.df_options.csv.clone(),
+                self.config.max_bad_records,
+            )?));
+        }
         let source = self
             .config
             .file_source(Arc::clone(&self.file_schema), self.partition_fields.clone());

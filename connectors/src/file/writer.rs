@@ -82,7 +82,7 @@ pub(crate) struct StagedFiles {
 
 enum Encoder {
     Parquet(Box<AsyncArrowWriter<BufWriter>>),
-    Text { out: BufWriter, bytes: u64 },
+    Text { out: Box<BufWriter>, bytes: u64 },
 }
 
 struct OpenFile {
@@ -157,7 +157,7 @@ impl FileTaskWriter {
                 Encoder::Parquet(Box::new(writer))
             }
             FileFormatKind::Csv | FileFormatKind::Json => Encoder::Text {
-                out: BufWriter::new(store, path),
+                out: Box::new(BufWriter::new(store, path)),
                 bytes: 0,
             },
         };
