@@ -207,6 +207,10 @@ impl StoreRegistry {
                 Arc::new(
                     HttpBuilder::new()
                         .with_url(base)
+                        // An http:// location is the user's explicit choice.
+                        .with_client_options(
+                            object_store::ClientOptions::new().with_allow_http(scheme == "http"),
+                        )
                         .build()
                         .map_err(|e| invalid(e.to_string()))?,
                 )

@@ -452,7 +452,9 @@ impl SluiceSession {
             WriteMode::Overwrite
         };
 
-        let source_plan = self.plan_query(*source).await?;
+        let mut source = *source;
+        name_positional_columns(&mut source.body);
+        let source_plan = self.plan_query(source).await?;
         let target_schema = table.schema();
         let insert_columns: Vec<String> = insert.columns.iter().map(ident_name).collect();
         let plan = project_to_target(
@@ -633,6 +635,27 @@ impl SluiceSession {
         Ok(Planned::Query {
             plan: df.create_physical_plan().await?,
         })
+    }
+}
+
+/// INSERT maps columns by position, so unnamed select items get positional
+/// names: `SELECT ts, CAST(ts AS DATE)` must not fail on duplicate names.
+fn name_positional_columns(body: &mut datafusion::sql::sqlparser::ast::SetExpr) {
+    use datafusion::sql::sqlparser::ast::{Ident, SelectItem, SetExpr};
+    match body {
+        SetExpr::Select(select) => {
+            for (i, item) in select.projection.iter_mut().enumerate() {
+                if let SelectItem::UnnamedExpr(expr) = item {
+                    *item = SelectItem::ExprWithAlias {
+                        expr: expr.clone(),
+                        alias: Ident::with_quote('"', format!("column{}", i + 1)),
+                    };
+                }
+            }
+        }
+        SetExpr::SetOperation { left, .. } => name_positional_columns(left),
+        SetExpr::Query(q) => name_positional_columns(&mut q.body),
+        _ => {}
     }
 }
 

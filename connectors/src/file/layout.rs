@@ -249,6 +249,25 @@ pub(crate) async fn delete_prefix(loc: &Location, prefix: &Path) -> Result<(u64,
     Ok((count, bytes))
 }
 
+/// On a local file system, removes `_sluice/staging` and `_sluice` when
+/// empty, so a single-file target leaves nothing beside its file.
+pub(crate) fn remove_empty_meta_dirs(loc: &Location) {
+    if !loc.is_local() {
+        return;
+    }
+    for rel in [format!("{META_DIR}/staging"), META_DIR.to_string()] {
+        let path = join(&loc.path, &rel);
+        if let Ok(dir) = loc
+            .url
+            .join(&format!("/{path}"))
+            .map_err(|_| ())
+            .and_then(|u| u.to_file_path())
+        {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
 /// On a local file system, removes the directory itself: the store's listing
 /// hides in-progress multipart files (`name#n`) that a killed writer leaves.
 fn remove_local_dir(loc: &Location, prefix: &Path) {

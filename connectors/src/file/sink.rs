@@ -259,6 +259,7 @@ impl Sink for FileSink {
         if self.shared.single_file.is_some() {
             let out = self.commit_single_file(staged).await?;
             layout::delete_prefix(&loc, &layout::staging_dir(&loc.path, &commit.job_id)).await?;
+            layout::remove_empty_meta_dirs(&loc);
             return Ok(out);
         }
 

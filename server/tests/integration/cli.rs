@@ -34,6 +34,14 @@ pub(crate) fn trials() -> Vec<Trial> {
             "cli::missing_location_names_url",
             missing_location_names_url,
         ),
+        Trial::test(
+            "cli::copy_to_one_file_leaves_only_that_file",
+            copy_to_one_file,
+        ),
+        Trial::test(
+            "cli::http_locations_are_readable",
+            http_locations_are_readable,
+        ),
     ]
 }
 
@@ -368,5 +376,64 @@ fn missing_location_names_url() -> Result<(), Failed> {
         "names the URL",
         &o,
     )?;
+    Ok(())
+}
+
+fn copy_to_one_file() -> Result<(), Failed> {
+    let s = Scratch::new();
+    let o = s.run(
+        &[
+            "-e",
+            "COPY (SELECT 1 AS a) TO 'out/report.csv' STORED AS CSV",
+        ],
+        None,
+    );
+    check(o.status.code() == Some(0), "exit 0", &o)?;
+    check(
+        files_below(&s.path().join("out")) == vec!["report.csv".to_string()],
+        "only the file",
+        &o,
+    )?;
+    check(
+        std::fs::read_to_string(s.path().join("out/report.csv"))? == "a\n1\n",
+        "contents",
+        &o,
+    )?;
+    Ok(())
+}
+
+/// A read-only `http://` location, served by Python's http.server.
+fn http_locations_are_readable() -> Result<(), Failed> {
+    let s = Scratch::new();
+    s.write("www/people.csv", "id,name\n1,alice\n2,bob\n");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut server = std::process::Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            "--bind",
+            "127.0.0.1",
+            &port.to_string(),
+        ])
+        .current_dir(s.path().join("www"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let up = crate::support::wait_until(30, || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let sql = format!(
+        "CREATE EXTERNAL TABLE p STORED AS CSV LOCATION 'http://127.0.0.1:{port}/people.csv'; \
+         SELECT count(*) AS n, max(name) AS m FROM p"
+    );
+    let o = s.run(&["-q", "--format", "csv", "-e", &sql], None);
+    let _ = server.kill();
+    let _ = server.wait();
+    if !up {
+        return Err("http.server did not start".into());
+    }
+    check(stdout(&o) == "n,m\n2,bob\n", "read over http", &o)?;
     Ok(())
 }
