@@ -22,6 +22,29 @@ pub(crate) enum Command {
     J1(J1Args),
     /// Generate the TPC-H lineitem CSV only (skipped when already there).
     Gen(DataArgs),
+    /// Flight SQL load: concurrent clients run mixed small queries while
+    /// one bulk-ingests, against one `sluice server`.
+    FlightLoad(FlightLoadArgs),
+}
+
+/// `sluice-bench flight-load`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct FlightLoadArgs {
+    /// The `sluice` binary to serve with.
+    #[arg(
+        long,
+        env = "SLUICE_BENCH_SLUICE",
+        default_value = "target/release/sluice"
+    )]
+    pub(crate) sluice: PathBuf,
+
+    /// Concurrent query clients.
+    #[arg(long, default_value_t = 32)]
+    pub(crate) clients: usize,
+
+    /// How long to run.
+    #[arg(long, default_value_t = 60)]
+    pub(crate) seconds: u64,
 }
 
 /// Where the data lives and how much of it.

@@ -4,6 +4,7 @@
 
 mod cli;
 mod datagen;
+mod flight_load;
 mod j1;
 mod measure;
 mod outputs;
@@ -17,6 +18,7 @@ fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let outcome = match &cli.command {
         cli::Command::J1(args) => j1::run(args),
+        cli::Command::FlightLoad(args) => flight_load::run(args),
         cli::Command::Gen(args) => {
             datagen::ensure_lineitem(&args.data, args.scale_factor).map(|dataset| {
                 println!("{dataset}");

@@ -81,6 +81,12 @@ pub enum PlannerError {
         /// The difference.
         reason: String,
     },
+    /// The server's catalog document cannot be read or written.
+    #[error("catalog: {message}")]
+    Catalog {
+        /// What failed, with the document's path.
+        message: String,
+    },
     /// Error from a connector.
     #[error(transparent)]
     Connector(#[from] ConnectorError),
@@ -95,6 +101,7 @@ impl PlannerError {
         match self {
             Self::Connector(e) => e.class(),
             Self::DataFusion(e) => datafusion_class(e),
+            Self::Catalog { .. } => ErrorClass::External,
             _ => ErrorClass::User,
         }
     }

@@ -9,9 +9,11 @@ pub mod parser;
 pub mod script;
 pub mod session;
 
-pub use catalog::{Catalog, MemoryCatalog, TableEntry};
+pub use catalog::{Catalog, MemoryCatalog, PersistentCatalog, TableEntry};
 pub use config::SluiceOptions;
 pub use error::{PlannerError, Result};
 pub use parser::{SluiceStatement, parse_statement};
 pub use script::{ScriptStatement, caret_snippet, split, substitute};
-pub use session::{Planned, RunContext, SluiceSession, StatementKind, WriteJob};
+pub use session::{
+    DEFAULT_CATALOG, DEFAULT_SCHEMA, Planned, RunContext, SluiceSession, StatementKind, WriteJob,
+};

@@ -118,11 +118,26 @@ pub struct RunContext {
 /// A session: DataFusion context plus Sluice's catalog of connector tables.
 pub struct SluiceSession {
     ctx: SessionContext,
+    /// Declarations shared with other sessions (a server's catalog), or the
+    /// run's own catalog.
     catalog: Arc<dyn Catalog>,
+    /// `CREATE TEMPORARY TABLE` declarations: this session's only.
+    temp: MemoryCatalog,
     factory: Arc<ConnectorFactory>,
-    tables: Mutex<HashMap<String, Arc<dyn ConnectorTable>>>,
-    run: RunContext,
+    /// Tables bound in `ctx`, with the DDL they were bound from, so that a
+    /// declaration changed by another session is re-bound.
+    tables: Mutex<HashMap<String, (String, Arc<dyn ConnectorTable>)>>,
+    /// Root under which tables without a connector live (server only).
+    warehouse: Option<String>,
+    /// Identity for run ids; `None` disables them (clients that do not say
+    /// which script and statement they run).
+    run: Mutex<Option<RunContext>>,
 }
+
+/// Default catalog and schema names.
+pub const DEFAULT_CATALOG: &str = "sluice";
+/// Default schema name.
+pub const DEFAULT_SCHEMA: &str = "public";
 
 impl std::fmt::Debug for SluiceSession {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -153,16 +168,212 @@ impl SluiceSession {
     ) -> Self {
         let config = config
             .with_option_extension(SluiceOptions::default())
+            .with_default_catalog_and_schema(DEFAULT_CATALOG, DEFAULT_SCHEMA)
             .with_information_schema(true);
         let ctx = SessionContext::new_with_config_rt(config, Arc::clone(&runtime));
         let stores = Arc::new(StoreRegistry::new(runtime, SecretResolver::from_env()));
         Self {
             ctx,
             catalog,
+            temp: MemoryCatalog::new(),
             factory: Arc::new(ConnectorFactory::new(stores)),
             tables: Mutex::new(HashMap::new()),
-            run,
+            warehouse: None,
+            run: Mutex::new(Some(run)),
         }
+    }
+
+    /// Tables declared without a connector (and tables created by bulk
+    /// ingest) are Parquet file tables under `url`.
+    pub fn with_warehouse(mut self, url: impl Into<String>) -> Self {
+        let mut url = url.into();
+        if !url.ends_with('/') {
+            url.push('/');
+        }
+        self.warehouse = Some(url);
+        self
+    }
+
+    /// Sets the identity used for run ids of the next statements; `None`
+    /// turns run ids off.
+    pub fn set_run(&self, run: Option<RunContext>) {
+        *self.run.lock().expect("run lock") = run;
+    }
+
+    /// Re-binds declarations read from a persistent catalog. Returns the
+    /// ones that failed, with why; the caller decides whether to keep them.
+    pub async fn restore_catalog(
+        &self,
+        declarations: Vec<(String, String)>,
+    ) -> Vec<(String, String, PlannerError)> {
+        let mut failed = vec![];
+        for (name, ddl) in declarations {
+            let result = match crate::parser::parse_statement(&ddl) {
+                Ok(SluiceStatement::CreateTable(mut c)) => {
+                    c.or_replace = true;
+                    c.if_not_exists = false;
+                    self.create_table(*c).await.map(|_| ())
+                }
+                Ok(_) => Err(PlannerError::Catalog {
+                    message: format!("the stored declaration of {name} is not CREATE TABLE"),
+                }),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = result {
+                failed.push((name, ddl, e));
+            }
+        }
+        failed
+    }
+
+    /// The declaration of `name`: this session's temporary tables first.
+    pub async fn table_entry(&self, name: &str) -> Result<Option<TableEntry>> {
+        if let Some(e) = self.temp.get(name).await? {
+            return Ok(Some(e));
+        }
+        self.catalog.get(name).await
+    }
+
+    /// Names of every declared table visible to this session.
+    pub async fn table_names(&self) -> Result<Vec<String>> {
+        let mut names = self.temp.list().await?;
+        names.extend(self.catalog.list().await?);
+        names.sort();
+        names.dedup();
+        Ok(names)
+    }
+
+    /// Binds declarations other sessions made or changed since this
+    /// session last looked, and unbinds dropped ones.
+    pub async fn sync_tables(&self) -> Result<()> {
+        let names = self.table_names().await?;
+        let mut wanted: Vec<(String, TableEntry)> = Vec::with_capacity(names.len());
+        for name in names {
+            if let Some(e) = self.table_entry(&name).await? {
+                wanted.push((name, e));
+            }
+        }
+        let stale: Vec<String> = {
+            let tables = self.tables.lock().expect("tables lock");
+            tables
+                .iter()
+                .filter(|(n, (ddl, _))| !wanted.iter().any(|(w, e)| w == *n && &e.ddl == ddl))
+                .map(|(n, _)| n.clone())
+                .collect()
+        };
+        for name in stale {
+            self.tables.lock().expect("tables lock").remove(&name);
+            self.ctx.deregister_table(name.as_str())?;
+        }
+        for (name, entry) in wanted {
+            let bound = self.tables.lock().expect("tables lock").contains_key(&name);
+            if !bound {
+                let state = self.ctx.state();
+                match self.factory.open(&entry.spec, &state).await {
+                    Ok(table) => self.bind(&name, entry.ddl.clone(), table)?,
+                    // One unreachable table must not fail every statement;
+                    // statements that use it fail with "not found".
+                    Err(e) => tracing::warn!(table = %name, "cannot open the table: {e}"),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn bind(&self, name: &str, ddl: String, table: Arc<dyn ConnectorTable>) -> Result<()> {
+        let provider: Arc<dyn datafusion::catalog::TableProvider> = Arc::clone(&table) as _;
+        self.ctx.deregister_table(name)?;
+        self.ctx.register_table(name, provider)?;
+        self.tables
+            .lock()
+            .expect("tables lock")
+            .insert(name.to_string(), (ddl, table));
+        Ok(())
+    }
+
+    /// Declares a Parquet table under the warehouse root with `schema`.
+    pub async fn create_warehouse_table(
+        &self,
+        name: &str,
+        schema: SchemaRef,
+        primary_key: Vec<String>,
+        replace: bool,
+        temporary: bool,
+    ) -> Result<()> {
+        let Some(root) = &self.warehouse else {
+            return Err(PlannerError::Unsupported {
+                what: format!("table '{name}' without a connector"),
+                hint: "add WITH ('connector' = 'filesystem', 'path' = '...', 'format' = '...'), \
+                       or run on a server, which keeps such tables in its warehouse"
+                    .into(),
+            });
+        };
+        let mut options = TableOptions::default();
+        options.insert_literal("path", format!("{root}{name}/"));
+        options.insert_literal("format", "parquet".to_string());
+        let spec = TableSpec {
+            name: name.to_string(),
+            connector: "filesystem".into(),
+            options,
+            columns: Some(schema),
+            partition_cols: vec![],
+            primary_key,
+        };
+        self.declare(spec, temporary, replace).await
+    }
+
+    async fn declare(&self, spec: TableSpec, temporary: bool, replace: bool) -> Result<()> {
+        let name = spec.name.clone();
+        let state = self.ctx.state();
+        let table = self.factory.open(&spec, &state).await?;
+        let spec = TableSpec {
+            columns: Some(table.schema()),
+            ..spec
+        };
+        let ddl = render_create_table(&spec, temporary);
+        let entry = TableEntry {
+            spec,
+            ddl: ddl.clone(),
+            temporary,
+        };
+        if temporary {
+            self.temp.create(&name, entry, replace).await?;
+        } else {
+            self.catalog.create(&name, entry, replace).await?;
+        }
+        self.bind(&name, ddl, table)
+    }
+
+    /// Plans `INSERT [OVERWRITE] target` of `source`, mapping columns by
+    /// name when every source column names a target column, else by
+    /// position.
+    pub async fn plan_insert_plan(
+        &self,
+        target: &str,
+        source: LogicalPlan,
+        overwrite: bool,
+    ) -> Result<Planned> {
+        self.sync_tables().await?;
+        let table = self.connector_table(target).await?;
+        let schema = table.schema();
+        let source_names: Vec<String> = source
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        let by_name = source_names
+            .iter()
+            .all(|n| schema.field_with_name(n).is_ok());
+        let columns = if by_name { source_names } else { vec![] };
+        let plan = project_to_target(target, source, &schema, &columns, &[])?;
+        let (mode, kind) = if overwrite {
+            (WriteMode::Overwrite, StatementKind::InsertOverwrite)
+        } else {
+            (WriteMode::Append, StatementKind::Insert)
+        };
+        let sink = table.sink(mode)?;
+        self.write_job(kind, plan, sink, None).await
     }
 
     /// The DataFusion context.
@@ -184,6 +395,7 @@ impl SluiceSession {
         index: usize,
         dry_run: bool,
     ) -> Result<Planned> {
+        self.sync_tables().await?;
         match stmt {
             SluiceStatement::CreateTable(c) => self.create_table(*c).await,
             SluiceStatement::DropTable { names, if_exists } => {
@@ -221,7 +433,7 @@ impl SluiceSession {
 
     async fn create_table(&self, c: CreateTable) -> Result<Planned> {
         let name = table_name(&c.name)?;
-        if !c.or_replace && self.catalog.get(&name).await?.is_some() {
+        if !c.or_replace && self.table_entry(&name).await?.is_some() {
             if c.if_not_exists {
                 return Ok(Planned::Done {
                     kind: StatementKind::CreateTable,
@@ -240,6 +452,30 @@ impl SluiceSession {
                     reason: "the connector name cannot be a secret".into(),
                 }
                 .into());
+            }
+            None if self.warehouse.is_some() && c.options.is_empty() => {
+                let schema = if c.columns.is_empty() {
+                    return Err(PlannerError::Unsupported {
+                        what: format!("CREATE TABLE {name} without columns or a connector"),
+                        hint: "list the columns, e.g. CREATE TABLE t (id BIGINT, name VARCHAR)"
+                            .into(),
+                    });
+                } else {
+                    schema_of(&self.ctx, &c.columns).await?
+                };
+                self.create_warehouse_table(
+                    &name,
+                    schema,
+                    c.primary_key.clone(),
+                    c.or_replace,
+                    c.temporary,
+                )
+                .await?;
+                return Ok(Planned::Done {
+                    kind: StatementKind::CreateTable,
+                    target: Some(name.clone()),
+                    message: format!("created table {name}"),
+                });
             }
             None => {
                 return Err(sluice_connectors::ConnectorError::MissingOption {
@@ -266,31 +502,7 @@ impl SluiceSession {
             partition_cols: c.partition_cols.clone(),
             primary_key: c.primary_key.clone(),
         };
-        let state = self.ctx.state();
-        let table = self.factory.open(&spec, &state).await?;
-        let spec = TableSpec {
-            columns: Some(table.schema()),
-            ..spec
-        };
-        let ddl = render_create_table(&spec, c.temporary);
-        self.catalog
-            .create(
-                &name,
-                TableEntry {
-                    spec,
-                    ddl,
-                    temporary: c.temporary,
-                },
-                c.or_replace,
-            )
-            .await?;
-        let provider: Arc<dyn datafusion::catalog::TableProvider> = Arc::clone(&table) as _;
-        self.ctx.deregister_table(name.as_str())?;
-        self.ctx.register_table(name.as_str(), provider)?;
-        self.tables
-            .lock()
-            .expect("tables lock")
-            .insert(name.clone(), table);
+        self.declare(spec, c.temporary, c.or_replace).await?;
         Ok(Planned::Done {
             kind: StatementKind::CreateTable,
             target: Some(name.clone()),
@@ -302,7 +514,8 @@ impl SluiceSession {
         let mut dropped = vec![];
         for n in &names {
             let name = table_name(n)?;
-            if self.catalog.drop_table(&name).await?.is_some() {
+            let dropped_temp = self.temp.drop_table(&name).await?.is_some();
+            if dropped_temp || self.catalog.drop_table(&name).await?.is_some() {
                 self.tables.lock().expect("tables lock").remove(&name);
                 self.ctx.deregister_table(name.as_str())?;
                 dropped.push(name);
@@ -329,7 +542,7 @@ impl SluiceSession {
     }
 
     async fn not_found(&self, name: &str) -> PlannerError {
-        let known = self.catalog.list().await.unwrap_or_default();
+        let known = self.table_names().await.unwrap_or_default();
         PlannerError::TableNotFound {
             name: name.to_string(),
             known: if known.is_empty() {
@@ -342,7 +555,7 @@ impl SluiceSession {
 
     async fn show_create_table(&self, name: &ObjectName) -> Result<Planned> {
         let name = table_name(name)?;
-        let Some(entry) = self.catalog.get(&name).await? else {
+        let Some(entry) = self.table_entry(&name).await? else {
             return Err(self.not_found(&name).await);
         };
         let sql = format!(
@@ -357,7 +570,7 @@ impl SluiceSession {
     }
 
     async fn connector_table(&self, name: &str) -> Result<Arc<dyn ConnectorTable>> {
-        if let Some(t) = self.tables.lock().expect("tables lock").get(name) {
+        if let Some((_, t)) = self.tables.lock().expect("tables lock").get(name) {
             return Ok(Arc::clone(t));
         }
         Err(self.not_found(name).await)
@@ -372,16 +585,17 @@ impl SluiceSession {
     fn run_id(&self, index: usize) -> Option<String> {
         let options = self.options();
         let pipeline = if options.pipeline_name.is_empty() {
-            self.run.script_name.clone()?
+            self.run
+                .lock()
+                .expect("run lock")
+                .as_ref()?
+                .script_name
+                .clone()?
         } else {
             options.pipeline_name
         };
-        let vars: Vec<String> = self
-            .run
-            .vars
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
+        let run = self.run.lock().expect("run lock").clone()?;
+        let vars: Vec<String> = run.vars.iter().map(|(k, v)| format!("{k}={v}")).collect();
         Some(format!("{pipeline}({})#{index}", vars.join(",")))
     }
 
@@ -563,7 +777,13 @@ impl SluiceSession {
             sink,
             job_id,
             run_id,
-            force: self.run.force_rerun || self.options().force_rerun,
+            force: self
+                .run
+                .lock()
+                .expect("run lock")
+                .as_ref()
+                .is_some_and(|r| r.force_rerun)
+                || self.options().force_rerun,
             progress,
         }))
     }
@@ -584,6 +804,12 @@ impl SluiceSession {
         }
         let state = self.ctx.state();
         let plan = state.statement_to_plan(stmt).await?;
+        if let LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(cmt)) = &plan
+            && self.warehouse.is_some()
+            && !cmt.temporary
+        {
+            return self.create_table_as(cmt, dry_run).await;
+        }
         match &plan {
             LogicalPlan::Ddl(ddl) => {
                 let label = ddl.name().to_string();
@@ -614,6 +840,60 @@ impl SluiceSession {
                 })
             }
         }
+    }
+
+    /// `CREATE TABLE t (cols)` and `CREATE TABLE t AS SELECT ...` on a
+    /// server: a warehouse table, filled by a two-phase write.
+    async fn create_table_as(
+        &self,
+        cmt: &datafusion::logical_expr::CreateMemoryTable,
+        dry_run: bool,
+    ) -> Result<Planned> {
+        let name = cmt.name.table().to_string();
+        if self.table_entry(&name).await?.is_some() || self.ctx.table_exist(name.as_str())? {
+            if cmt.if_not_exists {
+                return Ok(Planned::Done {
+                    kind: StatementKind::CreateTable,
+                    target: Some(name.clone()),
+                    message: format!("table {name} exists; skipped"),
+                });
+            }
+            if !cmt.or_replace {
+                return Err(PlannerError::TableExists { name });
+            }
+        }
+        let schema = Arc::new(cmt.input.schema().as_arrow().clone());
+        let primary_key: Vec<String> = cmt
+            .constraints
+            .iter()
+            .find_map(|c| match c {
+                datafusion::common::Constraint::PrimaryKey(idx) => Some(
+                    idx.iter()
+                        .map(|i| schema.field(*i).name().clone())
+                        .collect(),
+                ),
+                _ => None,
+            })
+            .unwrap_or_default();
+        let has_rows = !matches!(cmt.input.as_ref(), LogicalPlan::EmptyRelation(_));
+        if dry_run && has_rows {
+            return Ok(Planned::Done {
+                kind: StatementKind::CreateTable,
+                target: Some(name.clone()),
+                message: format!("would create table {name} from a query"),
+            });
+        }
+        self.create_warehouse_table(&name, schema, primary_key, cmt.or_replace, false)
+            .await?;
+        if !has_rows {
+            return Ok(Planned::Done {
+                kind: StatementKind::CreateTable,
+                target: Some(name.clone()),
+                message: format!("created table {name}"),
+            });
+        }
+        self.plan_insert_plan(&name, cmt.input.as_ref().clone(), true)
+            .await
     }
 
     /// A query answering with the plan of `planned`, as EXPLAIN does.

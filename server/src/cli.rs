@@ -46,6 +46,9 @@ pub enum Command {
     /// Remove what dead jobs left behind in file tables (staging data,
     /// unreferenced files, old manifests).
     Gc(GcArgs),
+    /// Serve Flight SQL (ADBC, JDBC, pyarrow clients) with a persistent
+    /// catalog.
+    Server(crate::flight::ServerArgs),
 }
 
 impl Command {
@@ -53,7 +56,7 @@ impl Command {
     pub fn quiet(&self) -> bool {
         match self {
             Command::Run(a) => a.quiet,
-            Command::Gc(_) => false,
+            Command::Gc(_) | Command::Server(_) => false,
         }
     }
 }
@@ -98,6 +101,15 @@ pub struct RunArgs {
     /// Parallelism of each statement (default: the number of cores).
     #[arg(long, env = "SLUICE_TARGET_PARTITIONS")]
     pub target_partitions: Option<usize>,
+
+    /// Run the statements on a Sluice server (Flight SQL URL, e.g.
+    /// http://127.0.0.1:50051) instead of in this process.
+    #[arg(long, value_name = "URL", env = "SLUICE_SERVER")]
+    pub server: Option<String>,
+
+    /// User for --server; the password is read from SLUICE_PASSWORD.
+    #[arg(long, env = "SLUICE_USER", requires = "server")]
+    pub user: Option<String>,
 }
 
 /// `sluice gc`.
@@ -126,5 +138,6 @@ pub async fn dispatch(command: Command) -> ExitCode {
     match command {
         Command::Run(args) => crate::run::run(args).await,
         Command::Gc(args) => crate::gc::run(args).await,
+        Command::Server(args) => crate::flight::serve(args).await,
     }
 }

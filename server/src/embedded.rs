@@ -67,6 +67,11 @@ impl EmbeddedSession {
         }
     }
 
+    /// Wraps an existing planner session (a server's client session).
+    pub fn from_session(session: SluiceSession, dry_run: bool) -> Self {
+        Self { session, dry_run }
+    }
+
     /// The planner session.
     pub fn session(&self) -> &SluiceSession {
         &self.session
@@ -81,6 +86,15 @@ impl EmbeddedSession {
         on_write: &mut (dyn FnMut(&sluice_planner::WriteJob) + Send),
     ) -> Result<Executed, PlannerError> {
         let planned = self.session.plan(stmt, index, self.dry_run).await?;
+        self.run_planned(planned, on_write).await
+    }
+
+    /// Runs what [`SluiceSession::plan`] returned.
+    pub async fn run_planned(
+        &self,
+        planned: Planned,
+        on_write: &mut (dyn FnMut(&sluice_planner::WriteJob) + Send),
+    ) -> Result<Executed, PlannerError> {
         let ctx = self.session.context().task_ctx();
         match planned {
             Planned::Done {

@@ -4,10 +4,12 @@ pub mod cli;
 pub mod coordinator;
 pub mod embedded;
 pub mod engine;
+pub mod flight;
 mod gc;
 pub mod logging;
 mod output;
 mod progress;
+mod remote;
 pub mod run;
 
 use clap::Parser;

@@ -16,6 +16,7 @@ use crate::cli::RunArgs;
 use crate::embedded::{EmbeddedSession, Executed};
 use crate::output::print_stream;
 use crate::progress::{StatementProgress, human, human_bytes};
+use crate::remote::{RemoteOutcome, RemoteSession};
 
 /// Exit code when a statement failed.
 const EXIT_FAILED: u8 = 1;
@@ -80,6 +81,18 @@ pub(crate) async fn run(args: RunArgs) -> ExitCode {
         }
     }
 
+    if let Some(url) = &args.server {
+        return run_remote(
+            url,
+            &args,
+            &text,
+            &statements,
+            &used,
+            script_name.as_deref(),
+        )
+        .await;
+    }
+
     let mut config = SessionConfig::new();
     if let Some(n) = args.target_partitions {
         config = config.with_target_partitions(n.max(1));
@@ -140,6 +153,104 @@ pub(crate) async fn run(args: RunArgs) -> ExitCode {
             &reports,
             statements.len(),
             &used,
+            started.elapsed().as_secs_f64(),
+            args.dry_run,
+        );
+    }
+    code
+}
+
+/// Runs the statements on a server, with the same progress, summary and
+/// exit codes as an embedded run.
+async fn run_remote(
+    url: &str,
+    args: &RunArgs,
+    text: &str,
+    statements: &[ScriptStatement],
+    used: &BTreeMap<String, String>,
+    script_name: Option<&str>,
+) -> ExitCode {
+    let password = std::env::var("SLUICE_PASSWORD").ok();
+    let remote = match RemoteSession::connect(url, args.user.as_deref(), password.as_deref()).await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {}", e.message);
+            return ExitCode::from(if e.usage { EXIT_USAGE } else { EXIT_FAILED });
+        }
+    };
+    let started = Instant::now();
+    let mut reports: Vec<Report> = vec![];
+    let mut code = ExitCode::SUCCESS;
+    for stmt in statements {
+        let t0 = Instant::now();
+        let label = format!("[{}/{}] {}", stmt.index, statements.len(), stmt.headline());
+        let progress = StatementProgress::start(label, None, args.quiet);
+        let work = async {
+            if args.dry_run {
+                remote.prepare(&stmt.text).await.map(|_| RemoteOutcome {
+                    kind: "PLANNED".into(),
+                    note: "planned on the server".into(),
+                    ..RemoteOutcome::default()
+                })
+            } else {
+                let run = serde_json::json!({
+                    "script": script_name,
+                    "statement": stmt.index,
+                    "vars": used,
+                    "force_rerun": args.force_rerun,
+                });
+                remote.execute(&stmt.text, args.format, &run).await
+            }
+        };
+        let result = tokio::select! {
+            r = work => r,
+            _ = shutdown_signal() => {
+                eprintln!("interrupted: statement {} was cancelled; nothing it wrote was committed", stmt.index);
+                code = ExitCode::from(EXIT_INTERRUPTED);
+                break;
+            }
+        };
+        drop(progress);
+        match result {
+            Ok(o) => reports.push(Report {
+                index: stmt.index,
+                line: stmt.line,
+                kind: o.kind,
+                target: o.target.unwrap_or_else(|| stmt.headline()),
+                rows_read: o.rows_read,
+                rows_written: o.rows_written,
+                bytes: o.bytes,
+                seconds: t0.elapsed().as_secs_f64(),
+                note: o.note,
+            }),
+            Err(e) => {
+                eprintln!(
+                    "error: statement {} (line {}, column {}): {}",
+                    stmt.index, stmt.line, stmt.column, e.message
+                );
+                let _ = text;
+                reports.push(Report {
+                    index: stmt.index,
+                    line: stmt.line,
+                    kind: "FAILED".into(),
+                    target: stmt.headline(),
+                    rows_read: None,
+                    rows_written: None,
+                    bytes: None,
+                    seconds: t0.elapsed().as_secs_f64(),
+                    note: String::new(),
+                });
+                code = ExitCode::from(if e.usage { EXIT_USAGE } else { EXIT_FAILED });
+                break;
+            }
+        }
+    }
+    if !args.quiet {
+        print_summary(
+            &reports,
+            statements.len(),
+            used,
             started.elapsed().as_secs_f64(),
             args.dry_run,
         );
@@ -330,7 +441,7 @@ fn print_summary(
     eprint!("{out}");
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

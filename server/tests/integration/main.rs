@@ -4,6 +4,7 @@
 
 mod cli;
 mod fault;
+mod flight;
 mod s3;
 mod support;
 
@@ -36,6 +37,7 @@ fn main() -> ExitCode {
     let mut trials = cli::trials();
     trials.extend(fault::trials());
     trials.extend(s3::trials());
+    trials.extend(flight::trials());
     run_main_with(
         config,
         Arc::new(EmbeddedEngineFactory::default()),
