@@ -126,13 +126,16 @@ pub struct SluiceSession {
     factory: Arc<ConnectorFactory>,
     /// Tables bound in `ctx`, with the DDL they were bound from, so that a
     /// declaration changed by another session is re-bound.
-    tables: Mutex<HashMap<String, (String, Arc<dyn ConnectorTable>)>>,
+    tables: Mutex<HashMap<String, BoundTable>>,
     /// Root under which tables without a connector live (server only).
     warehouse: Option<String>,
     /// Identity for run ids; `None` disables them (clients that do not say
     /// which script and statement they run).
     run: Mutex<Option<RunContext>>,
 }
+
+/// A table bound in a session: the DDL it was bound from, and the table.
+type BoundTable = (String, Arc<dyn ConnectorTable>);
 
 /// Default catalog and schema names.
 pub const DEFAULT_CATALOG: &str = "sluice";

@@ -68,7 +68,7 @@ pub(crate) fn to_client_batch(
     schema: &SchemaRef,
 ) -> Result<RecordBatch, ArrowError> {
     if batch.schema().fields() == schema.fields() {
-        return Ok(batch.clone().with_schema(Arc::clone(schema))?);
+        return batch.clone().with_schema(Arc::clone(schema));
     }
     let columns: Vec<ArrayRef> = batch
         .columns()

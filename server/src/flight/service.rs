@@ -1063,7 +1063,7 @@ impl FlightSqlService for SluiceFlightSql {
         query: CommandGetCatalogs,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let schema = query.clone().into_builder().schema();
+        let schema = query.into_builder().schema();
         self.metadata_info(query.as_any(), schema, request.into_inner())
     }
 
@@ -1090,7 +1090,7 @@ impl FlightSqlService for SluiceFlightSql {
         query: CommandGetTableTypes,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let schema = query.clone().into_builder().schema();
+        let schema = query.into_builder().schema();
         self.metadata_info(query.as_any(), schema, request.into_inner())
     }
 

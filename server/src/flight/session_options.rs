@@ -23,8 +23,9 @@ pub(crate) mod session_option_value {
         pub values: Vec<String>,
     }
 
-    /// The value.
+    /// The value; variant names follow the protocol file.
     #[derive(Clone, PartialEq, prost::Oneof)]
+    #[allow(clippy::enum_variant_names)]
     pub(crate) enum OptionValue {
         #[prost(string, tag = "1")]
         StringValue(String),
