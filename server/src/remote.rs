@@ -87,15 +87,32 @@ impl RemoteSession {
             ),
             usage: false,
         };
-        let channel = Endpoint::from_shared(url.clone())
+        let mut endpoint = Endpoint::from_shared(url.clone())
             .map_err(|e| RemoteError {
                 message: format!("--server {url} is not a valid URL: {e}"),
                 usage: true,
             })?
-            .connect_timeout(std::time::Duration::from_secs(10))
-            .connect()
-            .await
-            .map_err(|e| unreachable(&e))?;
+            .connect_timeout(std::time::Duration::from_secs(10));
+        if url.starts_with("https://") {
+            // The server's certificate authority: SLUICE_TLS_CA (PEM file).
+            let path = std::env::var("SLUICE_TLS_CA").map_err(|_| RemoteError {
+                message: format!(
+                    "{url} uses TLS: set SLUICE_TLS_CA to the PEM file of the server's certificate authority"
+                ),
+                usage: true,
+            })?;
+            let pem = std::fs::read(&path).map_err(|e| RemoteError {
+                message: format!("SLUICE_TLS_CA {path}: {e}"),
+                usage: true,
+            })?;
+            endpoint = endpoint
+                .tls_config(
+                    tonic::transport::ClientTlsConfig::new()
+                        .ca_certificate(tonic::transport::Certificate::from_pem(pem)),
+                )
+                .map_err(|e| unreachable(&e))?;
+        }
+        let channel = endpoint.connect().await.map_err(|e| unreachable(&e))?;
         let mut client = FlightSqlServiceClient::new(channel);
         // One server session for the whole script: SET and temporary
         // tables carry over between statements.

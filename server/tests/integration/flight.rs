@@ -30,6 +30,7 @@ pub(crate) fn trials() -> Vec<Trial> {
         Trial::test("flight::catalog_survives_restart", catalog_survives_restart),
         Trial::test("flight::health_and_metrics", health_and_metrics),
         Trial::test("flight::arrow_rs_cli", arrow_rs_cli),
+        Trial::test("flight::cancel_and_shutdown", cancel_and_shutdown),
     ]
 }
 
@@ -519,4 +520,99 @@ fn arrow_rs_cli() -> Result<(), Failed> {
     let out = run_command(c, None);
     ensure(out.status.success(), stderr(&out))?;
     ensure(stdout(&out).contains("15"), stdout(&out))
+}
+
+/// CancelFlightInfo cancels a result before its DoGet; dropping a DoGet
+/// stream stops the query; SIGTERM stops the server cleanly.
+fn cancel_and_shutdown() -> Result<(), Failed> {
+    let s = Scratch::new();
+    let mut server = start_server(s.path(), &[])?;
+    runtime().block_on(async {
+        let mut c = client(&server.address).await?;
+        c.set_header("cookie", "arrow_flight_session_id=cancel01");
+        let info = c
+            .execute(
+                "SELECT value FROM generate_series(1, 1000000000)".into(),
+                None,
+            )
+            .await?;
+        let request = arrow_flight::CancelFlightInfoRequest {
+            info: Some(info.clone()),
+        };
+        let r: Vec<_> = c
+            .do_action(arrow_flight::Action {
+                r#type: "CancelFlightInfo".into(),
+                body: prost::Message::encode_to_vec(&request).into(),
+            })
+            .await?
+            .try_collect()
+            .await?;
+        let result: arrow_flight::CancelFlightInfoResult =
+            prost::Message::decode(r[0].body.clone())?;
+        ensure(
+            result.status == 1,
+            format!("cancel status {}", result.status),
+        )?;
+        let ticket = info.endpoint[0].ticket.clone().ok_or("no ticket")?;
+        let err = match c.do_get(ticket).await {
+            Ok(stream) => stream
+                .try_collect::<Vec<_>>()
+                .await
+                .err()
+                .map(|e| e.to_string()),
+            Err(e) => Some(e.to_string()),
+        };
+        ensure(
+            err.as_deref().is_some_and(|e| e.contains("cancelled")),
+            format!("a cancelled result was served: {err:?}"),
+        )?;
+
+        // A billion-row result abandoned after one batch: the server stops
+        // producing it (its CPU goes idle) rather than running to the end.
+        let info = c
+            .execute(
+                "SELECT value FROM generate_series(1, 1000000000)".into(),
+                None,
+            )
+            .await?;
+        let ticket = info.endpoint[0].ticket.clone().ok_or("no ticket")?;
+        let mut stream = c.do_get(ticket).await?;
+        let first = futures::StreamExt::next(&mut stream).await;
+        ensure(matches!(first, Some(Ok(_))), "no first batch")?;
+        drop(stream);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let metrics = http_get(server.http.as_deref().ok_or("no http")?, "/metrics")?;
+        let sent: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("sluice_rows_sent_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or("no rows_sent metric")?;
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let metrics = http_get(server.http.as_deref().ok_or("no http")?, "/metrics")?;
+        let later: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("sluice_rows_sent_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or("no rows_sent metric")?;
+        ensure(
+            sent == later && sent < 1_000_000_000,
+            format!("the abandoned query kept running: {sent} then {later} rows"),
+        )?;
+        Ok::<(), Failed>(())
+    })?;
+    // SIGTERM: the server stops taking work and exits 0.
+    // SAFETY: kill(2) on our own child.
+    unsafe {
+        libc::kill(server.child.id() as i32, libc::SIGTERM);
+    }
+    let mut status = None;
+    for _ in 0..100 {
+        if let Some(s) = server.child.try_wait()? {
+            status = Some(s);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = status.ok_or("the server did not stop within 10 s of SIGTERM")?;
+    ensure(status.success(), format!("server exit status {status}"))
 }

@@ -159,3 +159,64 @@ def test_basic_auth(tmp_path):
         assert "invalid user name or password" in str(e.value) or "Unauthenticated" in str(e.value)
     finally:
         s.stop()
+
+
+def _self_signed(tmp_path):
+    """A self-signed certificate for 127.0.0.1 (cryptography comes with moto)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    (tmp_path / "cert.pem").write_bytes(cert_pem)
+    (tmp_path / "key.pem").write_bytes(key_pem)
+    return cert_pem.decode()
+
+
+def test_tls(tmp_path):
+    cert = _self_signed(tmp_path)
+    s = Server(
+        tmp_path,
+        "--tls-cert",
+        str(tmp_path / "cert.pem"),
+        "--tls-key",
+        str(tmp_path / "key.pem"),
+    )
+    try:
+        s.uri = f"grpc+tls://{s.address}"
+        c = s.connect(**{"adbc.flight.sql.client_option.tls_root_certs": cert})
+        with c.cursor() as cur:
+            cur.execute("SELECT 'secure' AS s")
+            assert cur.fetchall() == [("secure",)]
+        c.close()
+    finally:
+        s.stop()
