@@ -10,6 +10,7 @@ use std::time::Duration;
 use arrow_flight::sql::client::FlightSqlServiceClient;
 use arrow_flight::sql::{CommandGetTables, SqlInfo};
 use futures::TryStreamExt;
+use prost::Message;
 use sluice_sql_tests::{Failed, Trial};
 
 use crate::support::{Scratch, run_command, stderr, stdout, wait_until};
@@ -232,6 +233,63 @@ fn jdbc_connect_sequence() -> Result<(), Failed> {
         let n = insert.execute_update().await?;
         ensure(n == 3, format!("prepared insert affected {n} rows"))?;
         insert.close().await?;
+
+        // The Java and Go drivers' way: parameters inside the update stream.
+        let prepared = c.prepare("INSERT INTO jdbc_t VALUES (?)".into(), None).await?;
+        let handle = {
+            let r: Vec<_> = c
+                .do_action(arrow_flight::Action {
+                    r#type: "CreatePreparedStatement".into(),
+                    body: arrow_flight::sql::ProstMessageExt::as_any(
+                        &arrow_flight::sql::ActionCreatePreparedStatementRequest {
+                            query: "INSERT INTO jdbc_t VALUES (?)".into(),
+                            transaction_id: None,
+                        },
+                    )
+                    .encode_to_vec()
+                    .into(),
+                })
+                .await?
+                .try_collect()
+                .await?;
+            let any = arrow_flight::sql::Any::decode(r[0].body.clone())?;
+            let result: arrow_flight::sql::ActionCreatePreparedStatementResult =
+                any.unpack()?.ok_or("no prepared statement result")?;
+            result.prepared_statement_handle
+        };
+        prepared.close().await?;
+        let cmd = arrow_flight::sql::CommandPreparedStatementUpdate {
+            prepared_statement_handle: handle,
+        };
+        let descriptor = arrow_flight::FlightDescriptor::new_cmd(
+            arrow_flight::sql::ProstMessageExt::as_any(&cmd).encode_to_vec(),
+        );
+        let params = arrow::array::RecordBatch::try_from_iter(vec![(
+            "$1",
+            std::sync::Arc::new(arrow::array::Int64Array::from(vec![1000, 2000])) as _,
+        )])?;
+        let data: Vec<arrow_flight::FlightData> =
+            arrow_flight::encode::FlightDataEncoderBuilder::new()
+                .with_flight_descriptor(Some(descriptor))
+                .build(futures::stream::iter(vec![Ok(params)]))
+                .try_collect()
+                .await?;
+        let mut put = c.do_put(futures::stream::iter(data)).await?;
+        let result = put.message().await?.ok_or("no DoPut result")?;
+        let updated = arrow_flight::sql::DoPutUpdateResult::decode(result.app_metadata)?;
+        ensure(
+            updated.record_count == 2,
+            format!("in-stream parameters affected {} rows", updated.record_count),
+        )?;
+        let info = c.execute("DELETE FROM jdbc_t WHERE id >= 1000".into(), None).await;
+        ensure(info.is_err(), "DELETE on a file table should be refused")?;
+        let info = c
+            .execute(
+                "INSERT OVERWRITE jdbc_t SELECT id FROM jdbc_t WHERE id < 1000".into(),
+                None,
+            )
+            .await?;
+        fetch(&mut c, info).await?;
 
         let mut query = c
             .prepare("SELECT sum(id) AS s FROM jdbc_t".into(), None)
