@@ -96,3 +96,96 @@ impl Engine for EmbeddedEngine {
         }
     }
 }
+
+/// The sqllogictest [`Engine`] over Flight SQL: each `.slt` file gets its
+/// own session on a running `sluice server`.
+#[derive(Debug, Clone)]
+pub struct FlightEngineFactory {
+    url: String,
+}
+
+impl FlightEngineFactory {
+    /// Runs files against the server at `url` (e.g. `http://127.0.0.1:50051`).
+    pub fn new(url: impl Into<String>) -> Self {
+        Self { url: url.into() }
+    }
+}
+
+#[async_trait]
+impl EngineFactory for FlightEngineFactory {
+    fn labels(&self) -> Vec<String> {
+        vec!["sluice".into(), "server".into(), "batch".into()]
+    }
+
+    async fn create(&self, ctx: &FileContext) -> Result<Box<dyn Engine>, EngineError> {
+        let channel = tonic::transport::Endpoint::from_shared(self.url.clone())
+            .map_err(|e| EngineError::statement(e.to_string()))?
+            .connect()
+            .await
+            .map_err(|e| EngineError::statement(format!("cannot reach {}: {e}", self.url)))?;
+        let mut client = arrow_flight::sql::client::FlightSqlServiceClient::new(channel);
+        client.set_header(
+            "cookie",
+            format!("arrow_flight_session_id={}", uuid::Uuid::new_v4().simple()),
+        );
+        Ok(Box::new(FlightEngine {
+            client,
+            vars: ctx.vars.clone(),
+        }))
+    }
+}
+
+/// One `.slt` file's server session.
+#[derive(Debug)]
+pub struct FlightEngine {
+    client: arrow_flight::sql::client::FlightSqlServiceClient<tonic::transport::Channel>,
+    vars: BTreeMap<String, String>,
+}
+
+#[async_trait]
+impl Engine for FlightEngine {
+    async fn run(&mut self, sql: &str) -> Result<EngineOutput, EngineError> {
+        use futures::TryStreamExt;
+        let lookup = |name: &str| self.vars.get(name).cloned();
+        let (sql, _) =
+            substitute(sql, &lookup).map_err(|e| EngineError::statement(e.to_string()))?;
+        let message = |e: arrow_flight::error::FlightError| match e {
+            arrow_flight::error::FlightError::Tonic(s) => EngineError::statement(s.message()),
+            other => EngineError::statement(other.to_string()),
+        };
+        let info = self.client.execute(sql, None).await.map_err(message)?;
+        let schema = std::sync::Arc::new(
+            info.clone()
+                .try_decode_schema()
+                .map_err(|e| EngineError::statement(e.to_string()))?,
+        );
+        let mut batches = vec![];
+        for endpoint in &info.endpoint {
+            if let Some(ticket) = &endpoint.ticket {
+                let stream = self.client.do_get(ticket.clone()).await.map_err(message)?;
+                let got: Vec<_> = stream.try_collect().await.map_err(message)?;
+                batches.extend(got);
+            }
+        }
+        // Statements that took effect describe themselves in app_metadata
+        // and return their row count.
+        if !info.app_metadata.is_empty() {
+            let rows = batches
+                .first()
+                .and_then(|b| {
+                    b.column(0)
+                        .as_any()
+                        .downcast_ref::<arrow::array::Int64Array>()
+                        .map(|a| a.value(0))
+                })
+                .unwrap_or(0);
+            let summary: serde_json::Value =
+                serde_json::from_slice(&info.app_metadata).unwrap_or_default();
+            let wrote = summary.get("rows_written").is_some();
+            return Ok(EngineOutput::Statement {
+                rows_affected: wrote.then_some(rows as u64),
+            });
+        }
+        Ok(EngineOutput::Rows { schema, batches })
+    }
+}

@@ -235,7 +235,9 @@ fn jdbc_connect_sequence() -> Result<(), Failed> {
         insert.close().await?;
 
         // The Java and Go drivers' way: parameters inside the update stream.
-        let prepared = c.prepare("INSERT INTO jdbc_t VALUES (?)".into(), None).await?;
+        let prepared = c
+            .prepare("INSERT INTO jdbc_t VALUES (?)".into(), None)
+            .await?;
         let handle = {
             let r: Vec<_> = c
                 .do_action(arrow_flight::Action {
@@ -279,9 +281,14 @@ fn jdbc_connect_sequence() -> Result<(), Failed> {
         let updated = arrow_flight::sql::DoPutUpdateResult::decode(result.app_metadata)?;
         ensure(
             updated.record_count == 2,
-            format!("in-stream parameters affected {} rows", updated.record_count),
+            format!(
+                "in-stream parameters affected {} rows",
+                updated.record_count
+            ),
         )?;
-        let info = c.execute("DELETE FROM jdbc_t WHERE id >= 1000".into(), None).await;
+        let info = c
+            .execute("DELETE FROM jdbc_t WHERE id >= 1000".into(), None)
+            .await;
         ensure(info.is_err(), "DELETE on a file table should be refused")?;
         let info = c
             .execute(
@@ -673,4 +680,72 @@ fn cancel_and_shutdown() -> Result<(), Failed> {
     }
     let status = status.ok_or("the server did not stop within 10 s of SIGTERM")?;
     ensure(status.success(), format!("server exit status {status}"))
+}
+
+/// The `.slt` suites again, through a `sluice server` (one per test
+/// process, stopped when the process ends).
+pub(crate) fn slt_trials(config: &sluice_sql_tests::RunnerConfig, suites: &Path) -> Vec<Trial> {
+    let config = sluice_sql_tests::RunnerConfig {
+        name_prefix: "slt-server::".into(),
+        ..config.clone()
+    };
+    let factory = std::sync::Arc::new(LazyServerFactory::default());
+    sluice_sql_tests::slt_trials(&config, factory, &[suites.to_path_buf()]).expect("slt suites")
+}
+
+#[derive(Default)]
+struct LazyServerFactory {
+    server: tokio::sync::OnceCell<(Child, tempfile::TempDir, String)>,
+}
+
+#[async_trait::async_trait]
+impl sluice_sql_tests::EngineFactory for LazyServerFactory {
+    fn labels(&self) -> Vec<String> {
+        vec!["sluice".into(), "server".into(), "batch".into()]
+    }
+
+    async fn create(
+        &self,
+        ctx: &sluice_sql_tests::FileContext,
+    ) -> Result<Box<dyn sluice_sql_tests::Engine>, sluice_sql_tests::EngineError> {
+        let (_, _, url) = self
+            .server
+            .get_or_try_init(|| async {
+                let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+                let listen = dir.path().join("listen");
+                let mut c = Command::new(env!("CARGO_BIN_EXE_sluice"));
+                c.current_dir(dir.path())
+                    .args([
+                        "server",
+                        "--bind",
+                        "127.0.0.1:0",
+                        "--target-partitions",
+                        "4",
+                    ])
+                    .arg("--listen-file")
+                    .arg(&listen)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null());
+                // The server dies with this test process.
+                // SAFETY: prctl is async-signal-safe.
+                unsafe {
+                    std::os::unix::process::CommandExt::pre_exec(&mut c, || {
+                        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                        Ok(())
+                    });
+                }
+                let child = c.spawn().map_err(|e| e.to_string())?;
+                if !wait_until(60, || listen.exists()) {
+                    return Err("sluice server did not start".to_string());
+                }
+                let addr = std::fs::read_to_string(&listen).map_err(|e| e.to_string())?;
+                let url = format!("http://{}", addr.lines().next().unwrap_or_default());
+                Ok((child, dir, url))
+            })
+            .await
+            .map_err(sluice_sql_tests::EngineError::statement)?;
+        sluice_server::engine::FlightEngineFactory::new(url.clone())
+            .create(ctx)
+            .await
+    }
 }

@@ -38,6 +38,7 @@ fn main() -> ExitCode {
     trials.extend(fault::trials());
     trials.extend(s3::trials());
     trials.extend(flight::trials());
+    trials.extend(flight::slt_trials(&config, &suites));
     run_main_with(
         config,
         Arc::new(EmbeddedEngineFactory::default()),
