@@ -25,6 +25,64 @@ pub(crate) enum Command {
     /// Flight SQL load: concurrent clients run mixed small queries while
     /// one bulk-ingests, against one `sluice server`.
     FlightLoad(FlightLoadArgs),
+    /// The 22 TPC-H queries in staged batch mode (embedded, through the
+    /// shuffle store) against DataFusion alone, in one process.
+    TpchStaged(TpchStagedArgs),
+    /// Shuffle throughput: about 2 GB through the shuffle writer and
+    /// reader, against one IPC file per partition.
+    Shuffle(ShuffleArgs),
+}
+
+/// `sluice-bench tpch-staged`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct TpchStagedArgs {
+    /// Folder for the generated Parquet (`sf<SCALE>/<table>/`).
+    #[arg(
+        long,
+        env = "SLUICE_BENCH_DATA",
+        default_value = "target/bench-data/tpch"
+    )]
+    pub(crate) data: PathBuf,
+
+    /// TPC-H scale factor.
+    #[arg(long, default_value_t = 1.0, value_parser = parse_scale_factor)]
+    pub(crate) scale_factor: f64,
+
+    /// Rounds per query; medians are reported.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) runs: u32,
+
+    /// `target_partitions` of both engines.
+    #[arg(long, default_value_t = 2)]
+    pub(crate) partitions: usize,
+
+    /// Sluice's task slots.
+    #[arg(long, default_value_t = 2)]
+    pub(crate) slots: usize,
+}
+
+/// `sluice-bench shuffle`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ShuffleArgs {
+    /// Gigabytes (in memory, 10^9 bytes) to shuffle per run.
+    #[arg(long, default_value_t = 2.0)]
+    pub(crate) gb: f64,
+
+    /// Output partitions.
+    #[arg(long, default_value_t = 8)]
+    pub(crate) partitions: usize,
+
+    /// Rounds; medians are reported.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) runs: u32,
+
+    /// Block compression: lz4, zstd or none.
+    #[arg(long, default_value = "lz4")]
+    pub(crate) compression: String,
+
+    /// Directory (on the disk to measure) for the written data.
+    #[arg(long, default_value = "target")]
+    pub(crate) dir: PathBuf,
 }
 
 /// `sluice-bench flight-load`.

@@ -9,6 +9,7 @@ mod j1;
 mod measure;
 mod outputs;
 mod report;
+mod staged;
 
 use std::process::ExitCode;
 
@@ -19,6 +20,8 @@ fn main() -> ExitCode {
     let outcome = match &cli.command {
         cli::Command::J1(args) => j1::run(args),
         cli::Command::FlightLoad(args) => flight_load::run(args),
+        cli::Command::TpchStaged(args) => staged::run_tpch(args),
+        cli::Command::Shuffle(args) => staged::run_shuffle(args),
         cli::Command::Gen(args) => {
             datagen::ensure_lineitem(&args.data, args.scale_factor).map(|dataset| {
                 println!("{dataset}");

@@ -238,6 +238,9 @@ pub struct SinkExec {
     sink: Arc<dyn Sink>,
     job_id: String,
     attempt: u32,
+    /// Added to the partition index to name the writer's task, so the
+    /// instances of several tasks never share a task number.
+    task_base: u64,
     progress: Arc<WriteProgress>,
     properties: Arc<PlanProperties>,
 }
@@ -257,9 +260,21 @@ impl SinkExec {
             sink,
             job_id,
             attempt: 0,
+            task_base: 0,
             progress: Arc::new(WriteProgress::default()),
             properties,
         }
+    }
+
+    /// A staged task's instance over `input`: its writers are tasks
+    /// `task_base + partition`, running attempt `attempt`, and they report to
+    /// this plan's progress counters.
+    pub fn instance(&self, input: Arc<dyn ExecutionPlan>, task_base: u64, attempt: u32) -> Self {
+        let mut exec = Self::new(input, Arc::clone(&self.sink), self.job_id.clone());
+        exec.attempt = attempt;
+        exec.task_base = task_base;
+        exec.progress = Arc::clone(&self.progress);
+        exec
     }
 
     /// Sets the attempt number of the tasks this plan instance runs.
@@ -331,10 +346,7 @@ impl ExecutionPlan for SinkExec {
         mut children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> datafusion::common::Result<Arc<dyn ExecutionPlan>> {
         let input = children.swap_remove(0);
-        Ok(Arc::new(
-            SinkExec::new(input, Arc::clone(&self.sink), self.job_id.clone())
-                .with_attempt(self.attempt),
-        ))
+        Ok(Arc::new(self.instance(input, self.task_base, self.attempt)))
     }
 
     fn execute(
@@ -346,9 +358,10 @@ impl ExecutionPlan for SinkExec {
         let sink = Arc::clone(&self.sink);
         let job_id = self.job_id.clone();
         let attempt = self.attempt;
+        let task = self.task_base + partition as u64;
         let progress = Arc::clone(&self.progress);
         let fut = async move {
-            let mut writer = sink.open_writer(&job_id, partition as u64, attempt).await?;
+            let mut writer = sink.open_writer(&job_id, task, attempt).await?;
             let mut failure: Option<DataFusionError> = None;
             while let Some(batch) = input.next().await {
                 let result = match batch {

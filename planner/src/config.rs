@@ -18,6 +18,14 @@ pub struct SluiceOptions {
     pub partition_overwrite_mode: String,
     /// Append even when the run id was committed before.
     pub force_rerun: bool,
+    /// Tasks that run at once in staged batch mode (0: one per core).
+    pub task_slots: usize,
+    /// Attempts of a failing staged task before the job fails.
+    pub task_max_attempts: u32,
+    /// Directory of the embedded shuffle store (empty: the system's temporary directory).
+    pub shuffle_dir: String,
+    /// Compression of shuffle blocks: lz4, zstd or none.
+    pub shuffle_compression: String,
 }
 
 impl Default for SluiceOptions {
@@ -27,6 +35,10 @@ impl Default for SluiceOptions {
             pipeline_name: String::new(),
             partition_overwrite_mode: "static".to_string(),
             force_rerun: false,
+            task_slots: 0,
+            task_max_attempts: 3,
+            shuffle_dir: String::new(),
+            shuffle_compression: "lz4".to_string(),
         }
     }
 }
@@ -52,6 +64,22 @@ const SETTINGS: &[(&str, &str)] = &[
     (
         "force_rerun",
         "Append even when the run id was committed before",
+    ),
+    (
+        "task_slots",
+        "Tasks that run at once in staged batch mode; 0 means one per core",
+    ),
+    (
+        "task_max_attempts",
+        "Attempts of a failing staged task before the job fails",
+    ),
+    (
+        "shuffle_dir",
+        "Directory of the embedded shuffle store; empty means the temporary directory",
+    ),
+    (
+        "shuffle_compression",
+        "Compression of shuffle blocks: 'lz4', 'zstd' or 'none'",
     ),
 ];
 
@@ -80,6 +108,33 @@ impl ExtensionOptions for SluiceOptions {
                     ))
                 })?
             }
+            "task_slots" => {
+                self.task_slots = value.parse().map_err(|_| {
+                    datafusion::error::DataFusionError::Configuration(format!(
+                        "'{value}' is not a number of task slots"
+                    ))
+                })?
+            }
+            "task_max_attempts" => {
+                self.task_max_attempts = match value.parse() {
+                    Ok(n) if n >= 1 => n,
+                    _ => {
+                        return Err(datafusion::error::DataFusionError::Configuration(format!(
+                            "'{value}' is not a number of attempts (1 or more)"
+                        )));
+                    }
+                }
+            }
+            "shuffle_dir" => self.shuffle_dir = value.to_string(),
+            "shuffle_compression" => {
+                let v = value.to_ascii_lowercase();
+                if !matches!(v.as_str(), "lz4" | "zstd" | "none") {
+                    return Err(datafusion::error::DataFusionError::Configuration(format!(
+                        "unknown shuffle compression '{value}'; use 'lz4', 'zstd' or 'none'"
+                    )));
+                }
+                self.shuffle_compression = v
+            }
             other => {
                 return Err(datafusion::error::DataFusionError::Configuration(format!(
                     "unknown setting sluice.{other}"
@@ -94,6 +149,10 @@ impl ExtensionOptions for SluiceOptions {
             "runtime_mode" => self.runtime_mode.clone(),
             "pipeline_name" => self.pipeline_name.clone(),
             "partition_overwrite_mode" => self.partition_overwrite_mode.clone(),
+            "task_slots" => self.task_slots.to_string(),
+            "task_max_attempts" => self.task_max_attempts.to_string(),
+            "shuffle_dir" => self.shuffle_dir.clone(),
+            "shuffle_compression" => self.shuffle_compression.clone(),
             _ => self.force_rerun.to_string(),
         };
         SETTINGS

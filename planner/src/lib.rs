@@ -8,6 +8,7 @@ pub mod error;
 pub mod parser;
 pub mod script;
 pub mod session;
+pub mod stages;
 
 pub use catalog::{Catalog, MemoryCatalog, PersistentCatalog, TableEntry};
 pub use config::SluiceOptions;

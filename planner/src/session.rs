@@ -427,6 +427,9 @@ impl SluiceSession {
                     reason: e.strip_backtrace(),
                 })?;
         }
+        if setting.key == "sluice.runtime_mode" {
+            apply_mode_settings(state.config_mut().options_mut(), &setting.value)?;
+        }
         Ok(Planned::Done {
             kind: StatementKind::Set,
             target: Some(key.to_string()),
@@ -805,6 +808,17 @@ impl SluiceSession {
             let planned = self.plan_insert(insert.clone(), index).await?;
             return self.explain_planned(planned).await;
         }
+        // In batch mode, EXPLAIN of a query shows its stage graph.
+        if let DfStatement::Explain(explain) = &stmt
+            && !explain.options.analyze
+            && self.options().runtime_mode == "batch"
+            && let DfStatement::Statement(inner) = explain.statement.as_ref()
+            && matches!(inner.as_ref(), Statement::Query(_))
+        {
+            let inner = DfStatement::Statement(inner.clone());
+            let planned = Box::pin(self.plan_datafusion(inner, index, true)).await?;
+            return self.explain_planned(planned).await;
+        }
         let state = self.ctx.state();
         let plan = state.statement_to_plan(stmt).await?;
         if let LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(cmt)) = &plan
@@ -899,9 +913,39 @@ impl SluiceSession {
             .await
     }
 
+    /// The stage graph `plan` would run as, for display: task counts as
+    /// with this session's task slots.
+    fn stage_graph(
+        &self,
+        plan: &Arc<dyn ExecutionPlan>,
+        query: bool,
+    ) -> Result<crate::stages::StageGraph> {
+        let options = self.options();
+        let slots = match options.task_slots {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
+        };
+        let store = sluice_shuffle::ShuffleStore::new(
+            Arc::new(object_store::memory::InMemory::new()),
+            "memory://explain",
+        );
+        Ok(crate::stages::StageGraph::cut(
+            Arc::clone(plan),
+            &crate::stages::StageOptions {
+                max_tasks: slots,
+                store,
+                writer: sluice_shuffle::WriterOptions::default(),
+                single_result_task: query,
+            },
+        )?)
+    }
+
     /// A query answering with the plan of `planned`, as EXPLAIN does.
     pub async fn explain_planned(&self, planned: Planned) -> Result<Planned> {
+        let staged = self.options().runtime_mode == "batch";
         let text = match &planned {
+            Planned::Write(w) if staged => self.stage_graph(&w.plan, false)?.display(),
+            Planned::Query { plan } if staged => self.stage_graph(plan, true)?.display(),
             Planned::Write(w) => datafusion::physical_plan::displayable(w.plan.as_ref())
                 .indent(true)
                 .to_string(),
@@ -1076,4 +1120,53 @@ pub(crate) fn external_for_schema(
         options: vec![],
         constraints: vec![],
     })
+}
+
+/// DataFusion settings that staged batch mode depends on, with their
+/// values in batch mode and otherwise.
+///
+/// - Dynamic filters link a join to scans that may run in another stage.
+/// - File-stream work stealing lets one partition read another's files.
+/// - Collect-left joins would copy build sides that emit unmatched rows;
+///   partitioned joins split every join over tasks.
+const STAGED_SETTINGS: &[(&str, &str, &str)] = &[
+    (
+        "datafusion.optimizer.enable_dynamic_filter_pushdown",
+        "false",
+        "true",
+    ),
+    (
+        "datafusion.execution.enable_file_stream_work_stealing",
+        "false",
+        "true",
+    ),
+    (
+        "datafusion.optimizer.hash_join_single_partition_threshold",
+        "0",
+        "1048576",
+    ),
+    (
+        "datafusion.optimizer.hash_join_single_partition_threshold_rows",
+        "0",
+        "131072",
+    ),
+];
+
+/// Sets what staged batch mode needs when `mode` is `batch`, and
+/// DataFusion's defaults otherwise.
+pub fn apply_mode_settings(
+    options: &mut datafusion::config::ConfigOptions,
+    mode: &str,
+) -> Result<()> {
+    for (key, batch, other) in STAGED_SETTINGS {
+        let value = if mode == "batch" { batch } else { other };
+        options
+            .set(key, value)
+            .map_err(|e| PlannerError::InvalidSetting {
+                key: key.to_string(),
+                value: value.to_string(),
+                reason: e.strip_backtrace(),
+            })?;
+    }
+    Ok(())
 }

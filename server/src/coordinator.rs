@@ -19,14 +19,19 @@ use sluice_connectors::{CommitMessage, CommitOutcome, JobCommit};
 use sluice_planner::WriteJob;
 use sluice_planner::error::PlannerError;
 
+use crate::staged::StagedRuntime;
+
 /// How often a running job renews its sink lease.
 const HEARTBEAT: Duration = Duration::from_secs(60);
 
 /// Runs `job` to completion and commits it, or aborts it on any failure.
+/// With `staged`, the plan runs stage by stage through the shuffle store.
+/// Returns the commit's outcome and the rows the sources read.
 pub async fn run_write(
     job: &WriteJob,
     ctx: Arc<TaskContext>,
-) -> Result<CommitOutcome, PlannerError> {
+    staged: Option<&StagedRuntime>,
+) -> Result<(CommitOutcome, Option<u64>), PlannerError> {
     job.sink.begin(&job.job_id).await?;
     let heartbeat = {
         let sink = Arc::clone(&job.sink);
@@ -40,9 +45,17 @@ pub async fn run_write(
             }
         })
     };
-    let result = run_tasks(Arc::clone(&job.plan), ctx).await;
+    let result = match staged {
+        Some(runtime) => runtime
+            .run_write(Arc::clone(&job.plan), ctx)
+            .await
+            .map(|(messages, rows)| (keep_winners(messages), Some(rows))),
+        None => run_tasks(Arc::clone(&job.plan), ctx)
+            .await
+            .map(|m| (m, rows_read(&job.plan))),
+    };
     drop(heartbeat);
-    let messages = match result {
+    let (messages, rows_read) = match result {
         Ok(m) => m,
         Err(e) => {
             abort(job).await;
@@ -56,7 +69,7 @@ pub async fn run_write(
         messages,
     };
     match job.sink.commit(commit).await {
-        Ok(outcome) => Ok(outcome),
+        Ok(outcome) => Ok((outcome, rows_read)),
         Err(e) => {
             abort(job).await;
             Err(e.into())
@@ -76,13 +89,20 @@ async fn run_tasks(
     ctx: Arc<TaskContext>,
 ) -> Result<Vec<CommitMessage>, DataFusionError> {
     let partitions = collect_partitioned(plan, ctx).await?;
-    let mut winners: BTreeMap<u64, CommitMessage> = BTreeMap::new();
+    let mut messages = Vec::new();
     for batch in partitions.iter().flatten() {
-        for m in decode_commit_messages(batch)? {
-            winners.entry(m.task).or_insert(m);
-        }
+        messages.extend(decode_commit_messages(batch)?);
     }
-    Ok(winners.into_values().collect())
+    Ok(keep_winners(messages))
+}
+
+/// One commit message per task: the first one reported.
+fn keep_winners(messages: Vec<CommitMessage>) -> Vec<CommitMessage> {
+    let mut winners: BTreeMap<u64, CommitMessage> = BTreeMap::new();
+    for m in messages {
+        winners.entry(m.task).or_insert(m);
+    }
+    winners.into_values().collect()
 }
 
 /// Rows read by the leaves of an executed plan.

@@ -10,6 +10,7 @@ use sluice_planner::error::PlannerError;
 use sluice_planner::{Planned, RunContext, SluiceSession, SluiceStatement, StatementKind};
 
 use crate::coordinator;
+use crate::staged::StagedRuntime;
 
 /// What executing one statement produced.
 pub enum Executed {
@@ -96,6 +97,16 @@ impl EmbeddedSession {
         on_write: &mut (dyn FnMut(&sluice_planner::WriteJob) + Send),
     ) -> Result<Executed, PlannerError> {
         let ctx = self.session.context().task_ctx();
+        let options = self.session.options();
+        let staged = if options.runtime_mode == "batch" {
+            Some(
+                StagedRuntime::from_options(&options)
+                    .await
+                    .map_err(PlannerError::from)?,
+            )
+        } else {
+            None
+        };
         match planned {
             Planned::Done {
                 kind,
@@ -109,27 +120,44 @@ impl EmbeddedSession {
             Planned::Query { plan } if self.dry_run => Ok(Executed::Plan {
                 kind: StatementKind::Query,
                 target: None,
-                text: displayable(plan.as_ref()).indent(true).to_string(),
+                text: plan_text(&plan, staged.as_ref(), true)?,
             }),
             Planned::Query { plan } => {
-                let stream = execute_stream(Arc::clone(&plan), ctx)?;
+                let stream = match &staged {
+                    Some(runtime) => runtime.run_query(Arc::clone(&plan), ctx).await?,
+                    None => execute_stream(Arc::clone(&plan), ctx)?,
+                };
                 Ok(Executed::Rows { plan, stream })
             }
             Planned::Write(job) if self.dry_run => Ok(Executed::Plan {
                 kind: job.kind,
                 target: Some(job.target.clone()),
-                text: displayable(job.plan.as_ref()).indent(true).to_string(),
+                text: plan_text(&job.plan, staged.as_ref(), false)?,
             }),
             Planned::Write(job) => {
                 on_write(&job);
-                let outcome = coordinator::run_write(&job, ctx).await?;
+                let (outcome, rows_read) =
+                    coordinator::run_write(&job, ctx, staged.as_ref()).await?;
                 Ok(Executed::Written {
                     kind: job.kind,
                     target: job.target.clone(),
                     outcome,
-                    rows_read: coordinator::rows_read(&job.plan),
+                    rows_read,
                 })
             }
         }
     }
+}
+
+/// The plan as `--dry-run` prints it: the stage graph in batch mode, the
+/// physical plan otherwise.
+fn plan_text(
+    plan: &Arc<dyn ExecutionPlan>,
+    staged: Option<&StagedRuntime>,
+    query: bool,
+) -> Result<String, PlannerError> {
+    Ok(match staged {
+        Some(runtime) => runtime.stage_graph(Arc::clone(plan), query)?.display(),
+        None => displayable(plan.as_ref()).indent(true).to_string(),
+    })
 }

@@ -15,6 +15,19 @@ use crate::embedded::{EmbeddedSession, Executed};
 #[derive(Debug, Clone)]
 pub struct EmbeddedEngineFactory {
     target_partitions: usize,
+    staged: bool,
+}
+
+impl EmbeddedEngineFactory {
+    /// Runs every file in staged batch mode (`SET 'execution.runtime-mode'
+    /// = 'batch'` first), with two task slots; records labelled `staged`
+    /// apply only here.
+    pub fn staged() -> Self {
+        Self {
+            target_partitions: 4,
+            staged: true,
+        }
+    }
 }
 
 impl Default for EmbeddedEngineFactory {
@@ -22,6 +35,7 @@ impl Default for EmbeddedEngineFactory {
         // Several partitions, so parallel writers are exercised on any machine.
         Self {
             target_partitions: 4,
+            staged: false,
         }
     }
 }
@@ -29,7 +43,11 @@ impl Default for EmbeddedEngineFactory {
 #[async_trait]
 impl EngineFactory for EmbeddedEngineFactory {
     fn labels(&self) -> Vec<String> {
-        vec!["sluice".into(), "embedded".into(), "batch".into()]
+        let mut labels = vec!["sluice".into(), "embedded".into(), "batch".into()];
+        if self.staged {
+            labels.push("staged".into());
+        }
+        labels
     }
 
     async fn create(&self, ctx: &FileContext) -> Result<Box<dyn Engine>, EngineError> {
@@ -42,8 +60,22 @@ impl EngineFactory for EmbeddedEngineFactory {
             vars: ctx.vars.clone(),
             force_rerun: false,
         };
+        let session = EmbeddedSession::new(config, run, false);
+        if self.staged {
+            for sql in [
+                "SET 'execution.runtime-mode' = 'batch'",
+                "SET 'sluice.task_slots' = '2'",
+            ] {
+                let stmt =
+                    parse_statement(sql).map_err(|e| EngineError::statement(e.to_string()))?;
+                session
+                    .execute(stmt, 0, &mut |_| {})
+                    .await
+                    .map_err(|e| EngineError::statement(e.to_string()))?;
+            }
+        }
         Ok(Box::new(EmbeddedEngine {
-            session: EmbeddedSession::new(config, run, false),
+            session,
             vars: ctx.vars.clone(),
             statements: 0,
         }))

@@ -11,6 +11,7 @@ mod output;
 mod progress;
 mod remote;
 pub mod run;
+pub mod staged;
 
 use clap::Parser;
 

@@ -2,14 +2,29 @@
 //!
 //! Staged batch mode cuts plans into stages at exchanges; each stage's tasks
 //! write their output partitions through the shuffle tier to object storage.
-//! This crate holds the pieces shared by writers, readers and shuffle
-//! workers. It starts with the wire and storage format versions and the
-//! memory budget that bounds buffered shuffle data; the exchange operators
-//! and the Flight service build on them.
+//!
+//! - [`format`]: one data object per map-task attempt, holding every output
+//!   partition as compressed Arrow IPC blocks, plus a versioned index.
+//! - [`store`]: the layout on `object_store`, commit fencing (one winner per
+//!   task through put-if-absent), job leases and clean-up.
+//! - [`ShuffleWriterExec`] / [`ShuffleReaderExec`]: the exchange operators at
+//!   the root and leaves of stage plans.
+//! - [`MemoryBudget`]: bytes buffered by a worker, with back-pressure.
 
 mod budget;
+mod error;
+pub mod format;
+mod local;
+mod reader;
+pub mod store;
+mod writer;
 
 pub use budget::{BudgetPermit, MemoryBudget};
+pub use error::{Result, ShuffleError};
+pub use format::{AttemptIndex, ShuffleCompression};
+pub use reader::{ReadSpec, ShuffleReaderExec};
+pub use store::{AttemptId, Commit, ShuffleStore};
+pub use writer::{ShuffleOutput, ShuffleWriterExec, WriterOptions, writer_summary_schema};
 
 /// Version of the shuffle wire protocol (Flight `do_put` / `do_get`
 /// descriptors and tickets). Peers with another major version refuse to talk.

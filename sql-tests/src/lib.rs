@@ -18,6 +18,9 @@
 //!     sluice_sql_tests::run_main(std::sync::Arc::new(MyFactory::default()), &[root])
 //! }
 //! ```
+//!
+//! The [`tpch`] module has TPC-H for tests and benchmarks: the 22 queries,
+//! the tables generated as Parquet, and a comparison of result sets.
 
 mod convert;
 mod db;
@@ -25,6 +28,7 @@ mod discover;
 mod engine;
 mod harness;
 mod runner;
+pub mod tpch;
 
 #[cfg(test)]
 mod test_engine;

@@ -6,6 +6,7 @@ mod cli;
 mod fault;
 mod flight;
 mod s3;
+mod staged;
 mod support;
 
 use std::path::PathBuf;
@@ -37,8 +38,21 @@ fn main() -> ExitCode {
     let mut trials = cli::trials();
     trials.extend(fault::trials());
     trials.extend(s3::trials());
+    trials.extend(staged::trials());
     trials.extend(flight::trials());
     trials.extend(flight::slt_trials(&config, &suites));
+    let staged = RunnerConfig {
+        name_prefix: "slt-staged::".to_string(),
+        ..config.clone()
+    };
+    trials.extend(
+        sluice_sql_tests::slt_trials(
+            &staged,
+            Arc::new(EmbeddedEngineFactory::staged()),
+            std::slice::from_ref(&suites),
+        )
+        .expect("slt suites"),
+    );
     run_main_with(
         config,
         Arc::new(EmbeddedEngineFactory::default()),

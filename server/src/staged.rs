@@ -1,0 +1,756 @@
+//! Staged batch execution in one process: an in-process coordinator runs a
+//! job's stage graph through the shuffle store with N task slots.
+//!
+//! - A stage runs when all its input stages have committed.
+//! - Every task attempt writes under its own keys; the first attempt to
+//!   create the task's winner record is the task's output, and readers read
+//!   only winners. A failed attempt is deleted and retried, reading the same
+//!   committed inputs, up to `sluice.task_max_attempts`.
+//! - The job's shuffle data is deleted when the job ends, on success and on
+//!   failure; a job lease lets a later start-up sweep what a crash left.
+//! - Uncorrelated scalar subqueries run first, as jobs of their own; their
+//!   value is stored where the main plan's expressions read it, and the
+//!   `ScalarSubqueryExec` node is removed, so stages never split it.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use datafusion::common::ScalarValue;
+use datafusion::common::runtime::SpawnedTask;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream, TaskContext};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_plan::scalar_subquery::ScalarSubqueryExec;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties, collect_partitioned,
+    execute_stream,
+};
+use futures::{Stream, StreamExt};
+use sluice_connectors::CommitMessage;
+use sluice_connectors::sink::decode_commit_messages;
+use sluice_planner::SluiceOptions;
+use sluice_planner::stages::{
+    Stage, StageGraph, StageOptions, StageOutput, TaskSpec, task_instance,
+};
+use sluice_shuffle::{
+    AttemptId, AttemptIndex, Commit, ShuffleCompression, ShuffleReaderExec, ShuffleStore,
+    WriterOptions,
+};
+use tokio::sync::Semaphore;
+
+/// How long a job's lease lasts without renewal.
+const LEASE: Duration = Duration::from_secs(300);
+/// How often a running job renews its lease.
+const LEASE_RENEWAL: Duration = Duration::from_secs(60);
+
+/// Environment variable of the test-only fault hook:
+/// `stage=S,task=T,attempt=A,after=N,action=fail|pause` makes that task
+/// attempt fail (or stall) after N input batches. Absent fields match all.
+pub const FAULT_ENV: &str = "SLUICE_TEST_FAULT";
+
+/// The shuffle store, slots and retry policy of staged runs.
+#[derive(Debug, Clone)]
+pub struct StagedRuntime {
+    store: ShuffleStore,
+    slots: usize,
+    max_attempts: u32,
+    writer: WriterOptions,
+    counters: Arc<StagedCounters>,
+}
+
+/// Counters of staged execution, for metrics and tests.
+#[derive(Debug, Default)]
+pub struct StagedCounters {
+    /// Jobs run.
+    pub jobs: AtomicU64,
+    /// Stages run.
+    pub stages: AtomicU64,
+    /// Task attempts started.
+    pub attempts: AtomicU64,
+    /// Task attempts that failed and were retried.
+    pub retries: AtomicU64,
+    /// Shuffle bytes written by winning attempts.
+    pub shuffle_bytes: AtomicU64,
+    /// Tasks currently running.
+    pub running: AtomicUsize,
+}
+
+impl StagedRuntime {
+    /// The runtime the session's settings describe: a local shuffle
+    /// directory that honours put-if-absent, swept of expired jobs.
+    pub async fn from_options(options: &SluiceOptions) -> Result<Self> {
+        let dir = if options.shuffle_dir.is_empty() {
+            std::env::temp_dir().join("sluice-shuffle")
+        } else {
+            std::path::PathBuf::from(&options.shuffle_dir)
+        };
+        let store = ShuffleStore::local(dir)?;
+        store.probe_conditional_put().await?;
+        match store.sweep_expired(chrono::Utc::now()).await {
+            Ok(swept) if !swept.is_empty() => {
+                tracing::info!(jobs = swept.len(), "removed shuffle data of expired jobs")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "could not sweep expired shuffle data"),
+        }
+        let slots = match options.task_slots {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
+        };
+        let compression: ShuffleCompression = options.shuffle_compression.parse()?;
+        Ok(Self {
+            store,
+            slots,
+            max_attempts: options.task_max_attempts.max(1),
+            writer: WriterOptions {
+                compression,
+                ..WriterOptions::default()
+            },
+            counters: Arc::new(StagedCounters::default()),
+        })
+    }
+
+    /// The counters.
+    pub fn counters(&self) -> &Arc<StagedCounters> {
+        &self.counters
+    }
+
+    /// Cuts `plan` into stages, as [`Self::run_query`] and [`Self::run_write`] would.
+    pub fn stage_graph(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+        result_as_one_task: bool,
+    ) -> Result<StageGraph> {
+        StageGraph::cut(
+            plan,
+            &StageOptions {
+                max_tasks: self.slots,
+                store: self.store.clone(),
+                writer: self.writer,
+                single_result_task: result_as_one_task,
+            },
+        )
+    }
+
+    /// Runs a query: every stage but the result stage through the shuffle
+    /// store; the result stage streams to the caller. The job's data is
+    /// deleted when the stream ends or is dropped.
+    pub async fn run_query(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+        ctx: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let plan = self
+            .resolve_scalar_subqueries(plan, Arc::clone(&ctx))
+            .await?;
+        let graph = self.stage_graph(plan, true)?;
+        let job = Job::start(self).await?;
+        let inputs = match job.run_stages(&graph, &ctx, false).await {
+            Ok(inputs) => inputs,
+            Err(e) => {
+                job.finish().await;
+                return Err(e);
+            }
+        };
+        let stage = graph.result_stage();
+        let spec = TaskSpec {
+            stage: stage.id,
+            task: 0,
+            tasks: 1,
+            attempt: job.attempt(stage.id, 0, 0),
+            inputs: inputs.outputs,
+        };
+        let instance = match task_instance(&stage.plan, &spec) {
+            Ok(i) => i,
+            Err(e) => {
+                job.finish().await;
+                return Err(e);
+            }
+        };
+        let stream = execute_stream(instance, ctx)?;
+        Ok(Box::pin(JobStream {
+            schema: stream.schema(),
+            inner: stream,
+            job: Some(job),
+        }))
+    }
+
+    /// Runs a write job's stages, its sink stage included, and returns one
+    /// commit message per sink task, plus the rows its sources read.
+    pub async fn run_write(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+        ctx: Arc<TaskContext>,
+    ) -> Result<(Vec<CommitMessage>, u64)> {
+        let plan = self
+            .resolve_scalar_subqueries(plan, Arc::clone(&ctx))
+            .await?;
+        let graph = self.stage_graph(plan, false)?;
+        let job = Job::start(self).await?;
+        let result = job.run_stages(&graph, &ctx, true).await;
+        job.finish().await;
+        let outcome = result?;
+        Ok((outcome.messages, outcome.rows_read))
+    }
+
+    /// Runs each uncorrelated scalar subquery as a job of its own, stores
+    /// its value where the plan's expressions read it, and removes the
+    /// `ScalarSubqueryExec` nodes.
+    fn resolve_scalar_subqueries<'a>(
+        &'a self,
+        plan: Arc<dyn ExecutionPlan>,
+        ctx: Arc<TaskContext>,
+    ) -> futures::future::BoxFuture<'a, Result<Arc<dyn ExecutionPlan>>> {
+        Box::pin(async move {
+            if let Some(s) = plan.downcast_ref::<ScalarSubqueryExec>() {
+                for link in s.subqueries() {
+                    let stream = self
+                        .run_query(Arc::clone(&link.plan), Arc::clone(&ctx))
+                        .await?;
+                    let batches: Vec<RecordBatch> =
+                        datafusion::physical_plan::common::collect(stream).await?;
+                    let value = scalar_of(&batches, &link.plan.schema())?;
+                    s.results().set(link.index, value)?;
+                }
+                let input = Arc::clone(s.input());
+                return self.resolve_scalar_subqueries(input, ctx).await;
+            }
+            let children = plan.children();
+            if children.is_empty() {
+                return Ok(plan);
+            }
+            let mut resolved = Vec::with_capacity(children.len());
+            for c in children {
+                resolved.push(
+                    self.resolve_scalar_subqueries(Arc::clone(c), Arc::clone(&ctx))
+                        .await?,
+                );
+            }
+            Arc::clone(&plan).replace_children(resolved, recompute())
+        })
+    }
+}
+
+/// The value of a scalar subquery's result: NULL for no row, an error for
+/// more than one.
+fn scalar_of(batches: &[RecordBatch], schema: &SchemaRef) -> Result<ScalarValue> {
+    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+    if rows > 1 {
+        return Err(DataFusionError::Execution(format!(
+            "a scalar subquery returned {rows} rows; it must return at most one"
+        )));
+    }
+    match batches.iter().find(|b| b.num_rows() == 1) {
+        Some(b) => ScalarValue::try_from_array(b.column(0), 0),
+        None => ScalarValue::try_from(schema.field(0).data_type()),
+    }
+}
+
+/// What the stages of a job produced.
+struct StagesOutcome {
+    outputs: HashMap<u32, Arc<Vec<Arc<AttemptIndex>>>>,
+    messages: Vec<CommitMessage>,
+    rows_read: u64,
+}
+
+/// One running job: its id, lease and shuffle data.
+struct Job {
+    id: String,
+    runtime: StagedRuntime,
+    _lease: SpawnedTask<()>,
+}
+
+impl fmt::Debug for Job {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Job({})", self.id)
+    }
+}
+
+impl Job {
+    async fn start(runtime: &StagedRuntime) -> Result<Self> {
+        let id = uuid::Uuid::now_v7().to_string();
+        let owner = format!("pid {}", std::process::id());
+        let store = runtime.store.clone();
+        let expires =
+            || chrono::Utc::now() + chrono::Duration::from_std(LEASE).expect("lease fits");
+        store.write_lease(&id, &owner, expires()).await?;
+        let lease = {
+            let id = id.clone();
+            SpawnedTask::spawn(async move {
+                loop {
+                    tokio::time::sleep(LEASE_RENEWAL).await;
+                    if let Err(e) = store.write_lease(&id, &owner, expires()).await {
+                        tracing::warn!(job = %id, error = %e, "could not renew the shuffle lease");
+                    }
+                }
+            })
+        };
+        runtime.counters.jobs.fetch_add(1, Ordering::Relaxed);
+        Ok(Self {
+            id,
+            runtime: runtime.clone(),
+            _lease: lease,
+        })
+    }
+
+    fn attempt(&self, stage: u32, task: usize, attempt: u32) -> AttemptId {
+        AttemptId {
+            job: self.id.clone(),
+            stage,
+            task: task as u32,
+            attempt,
+        }
+    }
+
+    /// Deletes the job's shuffle data.
+    async fn finish(&self) {
+        match self.runtime.store.delete_job(&self.id).await {
+            Ok(n) => tracing::debug!(job = %self.id, objects = n, "shuffle data removed"),
+            Err(e) => {
+                tracing::warn!(job = %self.id, error = %e, "could not remove shuffle data; the next start-up sweeps it")
+            }
+        }
+    }
+
+    /// Runs the stages in waves: every stage whose inputs have committed
+    /// runs, its tasks sharing the runtime's slots. With `include_result`,
+    /// the result stage runs too (a sink stage); otherwise it is left to
+    /// the caller.
+    async fn run_stages(
+        &self,
+        graph: &StageGraph,
+        ctx: &Arc<TaskContext>,
+        include_result: bool,
+    ) -> Result<StagesOutcome> {
+        let slots = Arc::new(Semaphore::new(self.runtime.slots));
+        let mut outcome = StagesOutcome {
+            outputs: HashMap::new(),
+            messages: Vec::new(),
+            rows_read: 0,
+        };
+        let result_id = graph.result_stage().id;
+        let mut pending: Vec<&Stage> = graph
+            .stages
+            .iter()
+            .filter(|s| include_result || s.id != result_id)
+            .collect();
+        while !pending.is_empty() {
+            let (ready, waiting): (Vec<&Stage>, Vec<&Stage>) = pending
+                .into_iter()
+                .partition(|s| s.inputs.iter().all(|i| outcome.outputs.contains_key(i)));
+            if ready.is_empty() {
+                return Err(DataFusionError::Internal(
+                    "stage graph has a cycle or a missing input".into(),
+                ));
+            }
+            pending = waiting;
+            let runs = ready
+                .iter()
+                .map(|stage| self.run_stage(stage, &outcome.outputs, ctx, Arc::clone(&slots)));
+            for (stage, result) in ready.iter().zip(futures::future::join_all(runs).await) {
+                let result = result?;
+                self.runtime.counters.stages.fetch_add(1, Ordering::Relaxed);
+                // File scans keep their metrics in the file source, which
+                // every task instance shares with the template: read once.
+                outcome.rows_read += rows_read(&stage.plan);
+                match stage.output {
+                    StageOutput::Shuffle(_) => {
+                        outcome.outputs.insert(stage.id, Arc::new(result.indexes));
+                    }
+                    StageOutput::Result => outcome.messages.extend(result.messages),
+                }
+            }
+        }
+        Ok(outcome)
+    }
+
+    async fn run_stage(
+        &self,
+        stage: &Stage,
+        inputs: &HashMap<u32, Arc<Vec<Arc<AttemptIndex>>>>,
+        ctx: &Arc<TaskContext>,
+        slots: Arc<Semaphore>,
+    ) -> Result<StageResult> {
+        let inputs: HashMap<u32, Arc<Vec<Arc<AttemptIndex>>>> = stage
+            .inputs
+            .iter()
+            .map(|i| (*i, Arc::clone(&inputs[i])))
+            .collect();
+        let mut tasks = Vec::with_capacity(stage.tasks);
+        for task in 0..stage.tasks {
+            let slots = Arc::clone(&slots);
+            let this = TaskRunner {
+                job: self.id.clone(),
+                runtime: self.runtime.clone(),
+                stage: stage.clone(),
+                task,
+                inputs: inputs.clone(),
+                ctx: Arc::clone(ctx),
+            };
+            tasks.push(SpawnedTask::spawn(async move {
+                let _slot = slots.acquire_owned().await.expect("slots never close");
+                this.run().await
+            }));
+        }
+        let mut result = StageResult::default();
+        for task in tasks {
+            let out = task
+                .join()
+                .await
+                .map_err(|e| DataFusionError::Execution(format!("task panicked: {e}")))??;
+            match out.output {
+                TaskOutput::Shuffle(index) => result.indexes.push(index),
+                TaskOutput::Messages(m) => result.messages.extend(m),
+            }
+        }
+        Ok(result)
+    }
+}
+
+#[derive(Default)]
+struct StageResult {
+    indexes: Vec<Arc<AttemptIndex>>,
+    messages: Vec<CommitMessage>,
+}
+
+enum TaskOutput {
+    Shuffle(Arc<AttemptIndex>),
+    Messages(Vec<CommitMessage>),
+}
+
+struct TaskResult {
+    output: TaskOutput,
+}
+
+struct TaskRunner {
+    job: String,
+    runtime: StagedRuntime,
+    stage: Stage,
+    task: usize,
+    inputs: HashMap<u32, Arc<Vec<Arc<AttemptIndex>>>>,
+    ctx: Arc<TaskContext>,
+}
+
+impl TaskRunner {
+    async fn run(self) -> Result<TaskResult> {
+        let counters = Arc::clone(&self.runtime.counters);
+        let mut last_error = None;
+        for attempt in 0..self.runtime.max_attempts {
+            let id = AttemptId {
+                job: self.job.clone(),
+                stage: self.stage.id,
+                task: self.task as u32,
+                attempt,
+            };
+            counters.attempts.fetch_add(1, Ordering::Relaxed);
+            counters.running.fetch_add(1, Ordering::Relaxed);
+            let result = self.attempt(&id).await;
+            counters.running.fetch_sub(1, Ordering::Relaxed);
+            match result {
+                Ok(r) => return Ok(r),
+                Err(e) => {
+                    tracing::warn!(attempt = %id, error = %e, "task attempt failed");
+                    if let Err(d) = self.runtime.store.delete_attempt(&id).await {
+                        tracing::warn!(attempt = %id, error = %d, "could not delete a failed attempt's data");
+                    }
+                    if attempt + 1 < self.runtime.max_attempts {
+                        counters.retries.fetch_add(1, Ordering::Relaxed);
+                    }
+                    last_error = Some(e);
+                }
+            }
+        }
+        let e = last_error.expect("at least one attempt ran");
+        Err(DataFusionError::Execution(format!(
+            "stage {} task {} failed {} times; last error: {}",
+            self.stage.id,
+            self.task,
+            self.runtime.max_attempts,
+            e.strip_backtrace()
+        )))
+    }
+
+    async fn attempt(&self, id: &AttemptId) -> Result<TaskResult> {
+        let spec = TaskSpec {
+            stage: self.stage.id,
+            task: self.task,
+            tasks: self.stage.tasks,
+            attempt: id.clone(),
+            inputs: self.inputs.clone(),
+        };
+        let mut instance = task_instance(&self.stage.plan, &spec)?;
+        if let Some(fault) = Fault::from_env()
+            && fault.matches(id)
+        {
+            instance = fault.inject(instance)?;
+        }
+        let partitions = collect_partitioned(Arc::clone(&instance), Arc::clone(&self.ctx)).await?;
+        match &self.stage.output {
+            StageOutput::Shuffle(_) => {
+                let store = &self.runtime.store;
+                let index = match store.commit_winner(id).await? {
+                    Commit::Won => store.read_index(id).await?,
+                    Commit::Lost(winner) => {
+                        // A late attempt: its output is never read.
+                        store.delete_attempt(id).await?;
+                        store.read_index(&winner.attempt).await?
+                    }
+                };
+                self.runtime
+                    .counters
+                    .shuffle_bytes
+                    .fetch_add(index.bytes, Ordering::Relaxed);
+                Ok(TaskResult {
+                    output: TaskOutput::Shuffle(Arc::new(index)),
+                })
+            }
+            StageOutput::Result => {
+                let mut messages = Vec::new();
+                for batch in partitions.iter().flatten() {
+                    messages.extend(decode_commit_messages(batch)?);
+                }
+                Ok(TaskResult {
+                    output: TaskOutput::Messages(messages),
+                })
+            }
+        }
+    }
+}
+
+/// Rows read by the source leaves of an executed stage plan (shuffle
+/// readers excluded). Rows of retried attempts count again.
+fn rows_read(plan: &Arc<dyn ExecutionPlan>) -> u64 {
+    let children = plan.children();
+    if children.is_empty() {
+        if plan.downcast_ref::<ShuffleReaderExec>().is_some() {
+            return 0;
+        }
+        return plan
+            .metrics()
+            .and_then(|m| m.output_rows())
+            .map_or(0, |n| n as u64);
+    }
+    children.into_iter().map(rows_read).sum()
+}
+
+/// A result stream that deletes its job's shuffle data when it ends.
+struct JobStream {
+    schema: SchemaRef,
+    inner: SendableRecordBatchStream,
+    job: Option<Job>,
+}
+
+impl Stream for JobStream {
+    type Item = Result<RecordBatch>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let next = self.inner.poll_next_unpin(cx);
+        if let Poll::Ready(None) = next {
+            self.release();
+        }
+        next
+    }
+}
+
+impl RecordBatchStream for JobStream {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+}
+
+impl JobStream {
+    fn release(&mut self) {
+        if let Some(job) = self.job.take() {
+            // Deleting is I/O; do it off the consumer's path.
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                handle.spawn(async move { job.finish().await });
+            }
+        }
+    }
+}
+
+impl Drop for JobStream {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// The test-only fault hook (see [`FAULT_ENV`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Fault {
+    stage: Option<u32>,
+    task: Option<u32>,
+    attempt: Option<u32>,
+    after: usize,
+    pause: bool,
+}
+
+impl Fault {
+    fn from_env() -> Option<Self> {
+        let spec = std::env::var(FAULT_ENV).ok()?;
+        let mut fault = Fault {
+            stage: None,
+            task: None,
+            attempt: Some(0),
+            after: 0,
+            pause: false,
+        };
+        for part in spec.split(',') {
+            let (k, v) = part.split_once('=')?;
+            match (k.trim(), v.trim()) {
+                ("stage", v) => fault.stage = v.parse().ok(),
+                ("task", v) => fault.task = v.parse().ok(),
+                ("attempt", "any") => fault.attempt = None,
+                ("attempt", v) => fault.attempt = v.parse().ok(),
+                ("after", v) => fault.after = v.parse().ok()?,
+                ("action", "pause") => fault.pause = true,
+                ("action", _) => fault.pause = false,
+                _ => return None,
+            }
+        }
+        Some(fault)
+    }
+
+    fn matches(&self, id: &AttemptId) -> bool {
+        self.stage.is_none_or(|s| s == id.stage)
+            && self.task.is_none_or(|t| t == id.task)
+            && self.attempt.is_none_or(|a| a == id.attempt)
+    }
+
+    /// Puts the fault under the instance's root.
+    fn inject(&self, root: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
+        let children: Vec<Arc<dyn ExecutionPlan>> = root
+            .children()
+            .into_iter()
+            .map(|c| {
+                Arc::new(FaultExec {
+                    input: Arc::clone(c),
+                    fault: self.clone(),
+                }) as Arc<dyn ExecutionPlan>
+            })
+            .collect();
+        if children.is_empty() {
+            return Ok(root);
+        }
+        root.replace_children(children, recompute())
+    }
+}
+
+/// Passes batches through, then fails or stalls after `fault.after` batches
+/// of each partition.
+#[derive(Debug)]
+struct FaultExec {
+    input: Arc<dyn ExecutionPlan>,
+    fault: Fault,
+}
+
+impl DisplayAs for FaultExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "FaultExec: after={}", self.fault.after)
+    }
+}
+
+impl ExecutionPlan for FaultExec {
+    fn name(&self) -> &str {
+        "FaultExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        self.input.properties()
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        Ok(Arc::new(FaultExec {
+            input: children.swap_remove(0),
+            fault: self.fault.clone(),
+        }))
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let input = self.input.execute(partition, context)?;
+        let schema = input.schema();
+        let fault = self.fault.clone();
+        let stream = input.enumerate().then(move |(i, batch)| {
+            let fault = fault.clone();
+            async move {
+                if i >= fault.after {
+                    if fault.pause {
+                        futures::future::pending::<()>().await;
+                    }
+                    return Err(DataFusionError::Execution(format!(
+                        "injected fault after {} batches (test hook {FAULT_ENV})",
+                        fault.after
+                    )));
+                }
+                batch
+            }
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
+    }
+}
+
+/// Children replaced, plan properties recomputed from them.
+fn recompute() -> datafusion::physical_plan::ReplaceChildrenOptions {
+    datafusion::physical_plan::ReplaceChildrenOptions::new(
+        datafusion::physical_plan::ChildrenPropertiesMode::Recompute,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fault_specs_parse() {
+        let f = |s: &str| {
+            // SAFETY: tests in this module are the only readers of the variable.
+            unsafe { std::env::set_var(FAULT_ENV, s) };
+            let f = Fault::from_env();
+            unsafe { std::env::remove_var(FAULT_ENV) };
+            f
+        };
+        let fault = f("stage=1,task=0,after=2,action=fail").unwrap();
+        assert_eq!(fault.stage, Some(1));
+        assert_eq!(fault.attempt, Some(0));
+        assert!(fault.matches(&AttemptId {
+            job: "j".into(),
+            stage: 1,
+            task: 0,
+            attempt: 0
+        }));
+        assert!(!fault.matches(&AttemptId {
+            job: "j".into(),
+            stage: 1,
+            task: 0,
+            attempt: 1
+        }));
+        assert!(f("bogus").is_none());
+    }
+}
