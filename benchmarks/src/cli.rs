@@ -31,6 +31,9 @@ pub(crate) enum Command {
     /// Shuffle throughput: about 2 GB through the shuffle writer and
     /// reader, against one IPC file per partition.
     Shuffle(ShuffleArgs),
+    /// Shuffle worker memory: about 2 GB through one `sluice shuffle-worker`
+    /// with a --memory-limit; reports its peak RSS against the limit.
+    ShuffleWorker(ShuffleWorkerArgs),
 }
 
 /// `sluice-bench tpch-staged`.
@@ -81,6 +84,38 @@ pub(crate) struct ShuffleArgs {
     pub(crate) compression: String,
 
     /// Directory (on the disk to measure) for the written data.
+    #[arg(long, default_value = "target")]
+    pub(crate) dir: PathBuf,
+}
+
+/// `sluice-bench shuffle-worker`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ShuffleWorkerArgs {
+    /// The `sluice` binary that runs the worker.
+    #[arg(
+        long,
+        env = "SLUICE_BENCH_SLUICE",
+        default_value = "target/release/sluice"
+    )]
+    pub(crate) sluice: PathBuf,
+
+    /// The worker's --memory-limit.
+    #[arg(long, default_value = "256MB")]
+    pub(crate) memory_limit: String,
+
+    /// Gigabytes (10^9 bytes) of blocks to push.
+    #[arg(long, default_value_t = 2.0)]
+    pub(crate) gb: f64,
+
+    /// Concurrent writers (task attempts).
+    #[arg(long, default_value_t = 8)]
+    pub(crate) streams: usize,
+
+    /// Output partitions per attempt.
+    #[arg(long, default_value_t = 8)]
+    pub(crate) partitions: usize,
+
+    /// Directory (on the disk to measure) for the worker's store.
     #[arg(long, default_value = "target")]
     pub(crate) dir: PathBuf,
 }

@@ -10,6 +10,7 @@ mod measure;
 mod outputs;
 mod report;
 mod staged;
+mod worker;
 
 use std::process::ExitCode;
 
@@ -22,6 +23,7 @@ fn main() -> ExitCode {
         cli::Command::FlightLoad(args) => flight_load::run(args),
         cli::Command::TpchStaged(args) => staged::run_tpch(args),
         cli::Command::Shuffle(args) => staged::run_shuffle(args),
+        cli::Command::ShuffleWorker(args) => worker::run(args),
         cli::Command::Gen(args) => {
             datagen::ensure_lineitem(&args.data, args.scale_factor).map(|dataset| {
                 println!("{dataset}");

@@ -319,13 +319,13 @@ fn ipc_files_round(
 }
 
 /// Samples `Dirty + Writeback` of `/proc/meminfo` every 20 ms.
-struct DirtySampler {
+pub(crate) struct DirtySampler {
     stop: Arc<std::sync::atomic::AtomicBool>,
     handle: std::thread::JoinHandle<u64>,
 }
 
 impl DirtySampler {
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = Arc::clone(&stop);
         let handle = std::thread::spawn(move || {
@@ -340,7 +340,7 @@ impl DirtySampler {
     }
 
     /// Peak in KiB.
-    fn stop(self) -> u64 {
+    pub(crate) fn stop(self) -> u64 {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         self.handle.join().unwrap_or(0)
     }

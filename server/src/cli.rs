@@ -49,6 +49,9 @@ pub enum Command {
     /// Serve Flight SQL (ADBC, JDBC, pyarrow clients) with a persistent
     /// catalog.
     Server(crate::flight::ServerArgs),
+    /// Serve the Flight shuffle service: persist staged tasks' output to a
+    /// shuffle store with a fixed buffer budget.
+    ShuffleWorker(crate::worker::ShuffleWorkerArgs),
 }
 
 impl Command {
@@ -56,7 +59,7 @@ impl Command {
     pub fn quiet(&self) -> bool {
         match self {
             Command::Run(a) => a.quiet,
-            Command::Gc(_) | Command::Server(_) => false,
+            Command::Gc(_) | Command::Server(_) | Command::ShuffleWorker(_) => false,
         }
     }
 }
@@ -139,5 +142,6 @@ pub async fn dispatch(command: Command) -> ExitCode {
         Command::Run(args) => crate::run::run(args).await,
         Command::Gc(args) => crate::gc::run(args).await,
         Command::Server(args) => crate::flight::serve(args).await,
+        Command::ShuffleWorker(args) => crate::worker::run(args).await,
     }
 }

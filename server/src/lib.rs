@@ -12,6 +12,7 @@ mod progress;
 mod remote;
 pub mod run;
 pub mod staged;
+pub mod worker;
 
 use clap::Parser;
 

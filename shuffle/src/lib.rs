@@ -9,20 +9,30 @@
 //!   task through put-if-absent), job leases and clean-up.
 //! - [`ShuffleWriterExec`] / [`ShuffleReaderExec`]: the exchange operators at
 //!   the root and leaves of stage plans.
+//! - [`ShuffleService`] / [`ShuffleClient`]: the Flight shuffle service
+//!   (`do_put`, `do_get`, job actions) a shuffle worker serves.
 //! - [`MemoryBudget`]: bytes buffered by a worker, with back-pressure.
+//! - [`shuffle_metrics`]: process-wide counters for `/metrics`.
 
 mod budget;
+pub mod client;
+mod data;
 mod error;
 pub mod format;
 mod local;
+mod metrics;
 mod reader;
+pub mod service;
 pub mod store;
 mod writer;
 
 pub use budget::{BudgetPermit, MemoryBudget};
+pub use client::ShuffleClient;
 pub use error::{Result, ShuffleError};
 pub use format::{AttemptIndex, ShuffleCompression};
+pub use metrics::{ShuffleMetrics, shuffle_metrics};
 pub use reader::{ReadSpec, ShuffleReaderExec};
+pub use service::ShuffleService;
 pub use store::{AttemptId, Commit, ShuffleStore};
 pub use writer::{ShuffleOutput, ShuffleWriterExec, WriterOptions, writer_summary_schema};
 

@@ -18,10 +18,11 @@ use object_store::ObjectStoreExt;
 use object_store::path::Path;
 
 use crate::format::{AttemptIndex, decode_block};
+use crate::metrics::{GaugeGuard, ShuffleMetrics, shuffle_metrics};
 use crate::store::ShuffleStore;
 
 /// Which of the upstream stage's output a reader instance exposes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ReadSpec {
     /// Local partition `i` reads upstream partition `parts[i]` of every map task.
     Partitions(Vec<usize>),
@@ -125,6 +126,26 @@ impl ShuffleReaderExec {
         &self.schema
     }
 
+    /// The store the upstream output is read from.
+    pub fn store(&self) -> &ShuffleStore {
+        &self.store
+    }
+
+    /// Hash expressions of the upstream output, when hash-partitioned.
+    pub fn hash(&self) -> Option<&[Arc<dyn PhysicalExpr>]> {
+        self.hash.as_deref()
+    }
+
+    /// Equivalence properties (orderings) the rows read carry.
+    pub fn equivalence(&self) -> &EquivalenceProperties {
+        &self.eq
+    }
+
+    /// The committed attempts an instance reads; `None` for a template.
+    pub fn inputs(&self) -> Option<&Arc<Vec<Arc<AttemptIndex>>>> {
+        self.inputs.as_ref()
+    }
+
     fn blocks(&self, partition: usize) -> Result<Vec<(Path, u64, u64)>> {
         let Some(inputs) = &self.inputs else {
             return Err(DataFusionError::Internal(format!(
@@ -220,6 +241,7 @@ impl ExecutionPlan for ShuffleReaderExec {
         let rows = MetricBuilder::new(&self.metrics).output_rows(partition);
         let bytes = MetricBuilder::new(&self.metrics).counter("bytes_read", partition);
         let fetch_time = MetricBuilder::new(&self.metrics).subset_time("fetch_time", partition);
+        let active = GaugeGuard::new(&shuffle_metrics().active_readers);
         let stream = futures::stream::iter(blocks)
             .map(move |(path, offset, len)| {
                 let store = Arc::clone(&store);
@@ -227,11 +249,16 @@ impl ExecutionPlan for ShuffleReaderExec {
                 let fetch_time = fetch_time.clone();
                 async move {
                     let timer = fetch_time.timer();
+                    let start = std::time::Instant::now();
                     let data = store
                         .get_range(&path, offset..offset + len)
                         .await
                         .map_err(|e| DataFusionError::External(Box::new(e)))?;
                     timer.done();
+                    let m = shuffle_metrics();
+                    m.store_request(start);
+                    ShuffleMetrics::add(&m.range_reads, 1);
+                    ShuffleMetrics::add(&m.bytes_read, data.len() as u64);
                     bytes.add(data.len());
                     let batches = decode_block(data)?;
                     Ok::<_, DataFusionError>(futures::stream::iter(
@@ -242,7 +269,12 @@ impl ExecutionPlan for ShuffleReaderExec {
             // One block decoded ahead of the consumer: memory stays at two blocks.
             .buffered(2)
             .try_flatten()
-            .inspect_ok(move |b| rows.add(b.num_rows()));
+            .inspect_ok(move |b| {
+                // The stream holds the gauge up while it is open.
+                let _ = &active;
+                ShuffleMetrics::add(&shuffle_metrics().batches_out, 1);
+                rows.add(b.num_rows())
+            });
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             Arc::clone(&self.schema),
             stream,

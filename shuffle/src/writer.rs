@@ -24,11 +24,11 @@ use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties,
 };
 use futures::StreamExt;
-use object_store::{ObjectStoreExt, WriteMultipart};
 
 use crate::SHUFFLE_FORMAT_VERSION;
+use crate::data::DataOut;
 use crate::format::{AttemptIndex, BlockRange, ShuffleCompression, encode_block};
-use crate::local::LocalDataFile;
+use crate::metrics::{GaugeGuard, ShuffleMetrics, shuffle_metrics};
 use crate::store::{AttemptId, ShuffleStore};
 
 /// How a map stage splits its output.
@@ -60,7 +60,7 @@ impl fmt::Display for ShuffleOutput {
 }
 
 /// Buffering and encoding settings of a writer.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct WriterOptions {
     /// Bytes a writer may buffer before it writes blocks out. A partition's
     /// block is written once it reaches `budget / partitions` bytes, and the
@@ -147,6 +147,21 @@ impl ShuffleWriterExec {
     /// The input plan.
     pub fn input(&self) -> &Arc<dyn ExecutionPlan> {
         &self.input
+    }
+
+    /// The store the output goes to.
+    pub fn store(&self) -> &ShuffleStore {
+        &self.store
+    }
+
+    /// Buffering and encoding settings.
+    pub fn options(&self) -> &WriterOptions {
+        &self.options
+    }
+
+    /// The attempt this instance writes; `None` for a template.
+    pub fn attempt(&self) -> Option<&AttemptId> {
+        self.attempt.as_ref()
     }
 }
 
@@ -294,33 +309,45 @@ struct Buffer {
     rows: usize,
 }
 
+impl Buffer {
+    fn push(&mut self, batch: RecordBatch, size: usize) {
+        ShuffleMetrics::add(&shuffle_metrics().buffered_bytes, size as u64);
+        self.rows += batch.num_rows();
+        self.bytes += size;
+        self.batches.push(batch);
+    }
+
+    fn take(&mut self) -> Vec<RecordBatch> {
+        ShuffleMetrics::sub(&shuffle_metrics().buffered_bytes, self.bytes as u64);
+        self.bytes = 0;
+        self.rows = 0;
+        std::mem::take(&mut self.batches)
+    }
+}
+
+impl Drop for Buffer {
+    fn drop(&mut self) {
+        ShuffleMetrics::sub(&shuffle_metrics().buffered_bytes, self.bytes as u64);
+    }
+}
+
 impl AttemptWriter {
     async fn run(
         self,
         mut input: futures::stream::BoxStream<'static, Result<RecordBatch>>,
         output: ShuffleOutput,
     ) -> Result<RecordBatch> {
-        let data_path = ShuffleStore::data_path(&self.attempt);
-        let mut upload = match self.store.local_path(&data_path) {
-            Some(path) => DataOut::Local(Some(LocalDataFile::create(path)?)),
-            None => {
-                let upload = self
-                    .store
-                    .object_store()
-                    .put_multipart(&data_path)
-                    .await
-                    .map_err(crate::ShuffleError::from)?;
-                DataOut::Remote(WriteMultipart::new_with_chunk_size(
-                    upload,
-                    self.options.part_size,
-                ))
-            }
-        };
+        let _active = GaugeGuard::new(&shuffle_metrics().active_writers);
+        let mut upload = DataOut::open(&self.store, &self.attempt, self.options.part_size).await?;
         let result = self.write_all(&mut input, &output, &mut upload).await;
         match result {
             Ok(index) => {
+                let start = std::time::Instant::now();
                 upload.finish().await?;
                 self.store.put_index(&index).await?;
+                let m = shuffle_metrics();
+                m.store_request(start);
+                ShuffleMetrics::add(&m.objects_written, 2);
                 let columns: Vec<ArrayRef> = vec![
                     Arc::new(UInt64Array::from(vec![index.rows])),
                     Arc::new(UInt64Array::from(vec![index.bytes])),
@@ -370,6 +397,7 @@ impl AttemptWriter {
         let mut buffered = 0usize;
         while let Some(batch) = input.next().await {
             let batch = batch?;
+            ShuffleMetrics::add(&shuffle_metrics().batches_in, 1);
             if batch.num_rows() == 0 {
                 continue;
             }
@@ -383,9 +411,7 @@ impl AttemptWriter {
             }
             for (p, b) in parts {
                 let size = b.get_array_memory_size();
-                buffers[p].rows += b.num_rows();
-                buffers[p].bytes += size;
-                buffers[p].batches.push(b);
+                buffers[p].push(b, size);
                 buffered += size;
                 if buffers[p].bytes >= block_limit {
                     buffered -= buffers[p].bytes;
@@ -418,10 +444,8 @@ impl AttemptWriter {
         if buffer.rows == 0 {
             return Ok(());
         }
-        let batches = std::mem::take(&mut buffer.batches);
         let rows = buffer.rows as u64;
-        buffer.bytes = 0;
-        buffer.rows = 0;
+        let batches = buffer.take();
         let block = {
             let _timer = self.metrics.write_time.timer();
             // Coalesce small pieces into one batch per block.
@@ -439,68 +463,10 @@ impl AttemptWriter {
         self.metrics.rows.add(rows as usize);
         self.metrics.bytes.add(len as usize);
         self.metrics.blocks.add(1);
+        let m = shuffle_metrics();
+        ShuffleMetrics::add(&m.bytes_written, len);
+        ShuffleMetrics::add(&m.blocks_written, 1);
         upload.put(block).await
-    }
-}
-
-/// Where an attempt's data object goes.
-enum DataOut {
-    /// Sluice's local writer, with bounded dirty pages.
-    Local(Option<LocalDataFile>),
-    /// A multipart upload to an object store.
-    Remote(WriteMultipart),
-}
-
-impl DataOut {
-    async fn put(&mut self, block: bytes::Bytes) -> Result<()> {
-        match self {
-            Self::Remote(upload) => {
-                // Back-pressure: at most two parts in flight per writer.
-                upload
-                    .wait_for_capacity(2)
-                    .await
-                    .map_err(crate::ShuffleError::from)?;
-                upload.put(block);
-            }
-            Self::Local(slot) => {
-                let mut file = slot.take().expect("local file present between writes");
-                let file = tokio::task::spawn_blocking(move || file.write(&block).map(|()| file))
-                    .await
-                    .map_err(|e| DataFusionError::External(Box::new(e)))??;
-                *slot = Some(file);
-            }
-        }
-        Ok(())
-    }
-
-    async fn finish(self) -> Result<()> {
-        match self {
-            Self::Remote(upload) => {
-                upload.finish().await.map_err(crate::ShuffleError::from)?;
-            }
-            Self::Local(slot) => {
-                let file = slot.expect("local file present");
-                tokio::task::spawn_blocking(move || file.finish())
-                    .await
-                    .map_err(|e| DataFusionError::External(Box::new(e)))??;
-            }
-        }
-        Ok(())
-    }
-
-    async fn abort(self, attempt: &AttemptId) {
-        match self {
-            Self::Remote(upload) => {
-                if let Err(e) = upload.abort().await {
-                    tracing::warn!(%attempt, error = %e, "could not abort a shuffle upload");
-                }
-            }
-            Self::Local(slot) => {
-                if let Some(file) = slot {
-                    let _ = tokio::task::spawn_blocking(move || file.abort()).await;
-                }
-            }
-        }
     }
 }
 
