@@ -9,7 +9,7 @@ use datafusion::datasource::TableProvider;
 use crate::error::{ConnectorError, Result};
 use crate::file::{FileFormatKind, FileTable, FileTableConfig};
 use crate::options::TableOptions;
-use crate::sink::{Sink, WriteMode};
+use crate::sink::{Sink, SinkDescriptor, WriteMode};
 use crate::store::{STORE_OPTION_PREFIXES, StoreRegistry};
 
 /// Connectors this build knows.
@@ -122,6 +122,35 @@ impl ConnectorFactory {
                 key: "path".into(),
                 hint: "set 'path' to a directory or file URL, e.g. 's3://bucket/orders/'".into(),
             })
+    }
+
+    /// Opens a sink from its descriptor, as an executor does for a stage
+    /// plan: `schema` is the schema of the rows written. Touches no data.
+    pub fn sink_from_descriptor(
+        &self,
+        desc: &SinkDescriptor,
+        schema: SchemaRef,
+        state: &dyn Session,
+    ) -> Result<Arc<dyn Sink>> {
+        match desc.connector.as_str() {
+            "filesystem" => {
+                let kind = FileFormatKind::parse(&desc.format)?;
+                let config = FileTableConfig::new(kind, &desc.options, state)?;
+                let loc = self.stores.resolve(&desc.location, &desc.options)?;
+                Ok(Arc::new(crate::file::FileSink::try_new(
+                    desc.name.clone(),
+                    loc,
+                    &config,
+                    schema,
+                    desc.partition_cols.clone(),
+                    desc.mode.clone(),
+                )?))
+            }
+            other => Err(ConnectorError::UnknownConnector {
+                name: other.to_string(),
+                available: CONNECTORS.join(", "),
+            }),
+        }
     }
 
     /// Opens the declared table. Reads the store only to infer an undeclared schema.

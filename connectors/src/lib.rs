@@ -19,5 +19,7 @@ pub use error::{ConnectorError, ErrorClass, Result};
 pub use factory::{ConnectorFactory, TableSpec};
 pub use options::{OptionValue, TableOptions};
 pub use secrets::SecretResolver;
-pub use sink::{CommitMessage, CommitOutcome, JobCommit, Sink, SinkExec, SinkWriter, WriteMode};
+pub use sink::{
+    CommitMessage, CommitOutcome, JobCommit, Sink, SinkDescriptor, SinkExec, SinkWriter, WriteMode,
+};
 pub use store::StoreRegistry;

@@ -106,11 +106,41 @@ pub struct CommitOutcome {
     pub skipped: Option<String>,
 }
 
+/// What another process needs to open the same sink: the declaration as
+/// written (secrets as `secret('NAME')`, resolved by whoever connects) and
+/// the write mode. The written schema travels beside it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SinkDescriptor {
+    /// Connector name (`filesystem`, ...).
+    pub connector: String,
+    /// Target table name.
+    pub name: String,
+    /// Location as declared.
+    pub location: String,
+    /// Format name, for file sinks.
+    pub format: String,
+    /// Declared options.
+    pub options: crate::options::TableOptions,
+    /// Hive partition columns, in directory order.
+    pub partition_cols: Vec<String>,
+    /// The write mode.
+    pub mode: WriteMode,
+}
+
 /// A write target that many parallel task attempts can stage into.
 #[async_trait]
 pub trait Sink: fmt::Debug + Send + Sync {
     /// Human-readable target (table name and location).
     fn target(&self) -> String;
+
+    /// The declaration another process opens this sink from, for stage
+    /// plans sent to executors.
+    fn descriptor(&self) -> Result<SinkDescriptor> {
+        Err(ConnectorError::UnsupportedWrite {
+            target: self.target(),
+            reason: "this sink cannot be sent to another process".to_string(),
+        })
+    }
 
     /// The schema writers expect.
     fn schema(&self) -> SchemaRef;
@@ -281,6 +311,27 @@ impl SinkExec {
     pub fn with_attempt(mut self, attempt: u32) -> Self {
         self.attempt = attempt;
         self
+    }
+
+    /// Sets the first task number of this plan instance's writers.
+    pub fn with_task_base(mut self, task_base: u64) -> Self {
+        self.task_base = task_base;
+        self
+    }
+
+    /// The attempt number of the tasks this plan instance runs.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// The task number of this plan instance's first writer.
+    pub fn task_base(&self) -> u64 {
+        self.task_base
+    }
+
+    /// The input plan.
+    pub fn input(&self) -> &Arc<dyn ExecutionPlan> {
+        &self.input
     }
 
     /// The sink.

@@ -26,6 +26,9 @@ pub struct SluiceOptions {
     pub shuffle_dir: String,
     /// Compression of shuffle blocks: lz4, zstd or none.
     pub shuffle_compression: String,
+    /// Send every staged task's plan through the executor wire format and
+    /// decode it in a fresh executor context, as a cluster does.
+    pub serialize_stage_plans: bool,
 }
 
 impl Default for SluiceOptions {
@@ -39,6 +42,7 @@ impl Default for SluiceOptions {
             task_max_attempts: 3,
             shuffle_dir: String::new(),
             shuffle_compression: "lz4".to_string(),
+            serialize_stage_plans: false,
         }
     }
 }
@@ -80,6 +84,10 @@ const SETTINGS: &[(&str, &str)] = &[
     (
         "shuffle_compression",
         "Compression of shuffle blocks: 'lz4', 'zstd' or 'none'",
+    ),
+    (
+        "serialize_stage_plans",
+        "Encode every staged task's plan (datafusion-proto) and decode it in a fresh executor context, as a cluster does",
     ),
 ];
 
@@ -126,6 +134,13 @@ impl ExtensionOptions for SluiceOptions {
                 }
             }
             "shuffle_dir" => self.shuffle_dir = value.to_string(),
+            "serialize_stage_plans" => {
+                self.serialize_stage_plans = value.parse().map_err(|_| {
+                    datafusion::error::DataFusionError::Configuration(format!(
+                        "'{value}' is not a boolean; use true or false"
+                    ))
+                })?
+            }
             "shuffle_compression" => {
                 let v = value.to_ascii_lowercase();
                 if !matches!(v.as_str(), "lz4" | "zstd" | "none") {
@@ -153,6 +168,7 @@ impl ExtensionOptions for SluiceOptions {
             "task_max_attempts" => self.task_max_attempts.to_string(),
             "shuffle_dir" => self.shuffle_dir.clone(),
             "shuffle_compression" => self.shuffle_compression.clone(),
+            "serialize_stage_plans" => self.serialize_stage_plans.to_string(),
             _ => self.force_rerun.to_string(),
         };
         SETTINGS

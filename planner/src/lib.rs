@@ -2,6 +2,7 @@
 //! the DataFusion session that binds statements to plans.
 
 pub mod catalog;
+pub mod codec;
 pub mod config;
 mod ddl;
 pub mod error;

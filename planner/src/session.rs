@@ -186,6 +186,11 @@ impl SluiceSession {
         }
     }
 
+    /// The connector factory (and through it, the store registry).
+    pub fn connectors(&self) -> &Arc<ConnectorFactory> {
+        &self.factory
+    }
+
     /// Tables declared without a connector (and tables created by bulk
     /// ingest) are Parquet file tables under `url`.
     pub fn with_warehouse(mut self, url: impl Into<String>) -> Self {

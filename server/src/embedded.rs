@@ -90,6 +90,34 @@ impl EmbeddedSession {
         self.run_planned(planned, on_write).await
     }
 
+    /// The staged runtime when the session is in batch mode.
+    async fn staged_runtime(&self) -> Result<Option<StagedRuntime>, PlannerError> {
+        let options = self.session.options();
+        if options.runtime_mode != "batch" {
+            return Ok(None);
+        }
+        let runtime = StagedRuntime::from_options(&options)
+            .await
+            .map_err(PlannerError::from)?;
+        Ok(Some(if options.serialize_stage_plans {
+            runtime.with_serialized_plans(Arc::clone(self.session.connectors()))
+        } else {
+            runtime
+        }))
+    }
+
+    /// Runs a query plan: stage by stage in batch mode, pipelined otherwise.
+    pub async fn query_stream(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+    ) -> Result<SendableRecordBatchStream, PlannerError> {
+        let ctx = self.session.context().task_ctx();
+        Ok(match self.staged_runtime().await? {
+            Some(runtime) => runtime.run_query(plan, ctx).await?,
+            None => execute_stream(plan, ctx)?,
+        })
+    }
+
     /// Runs what [`SluiceSession::plan`] returned.
     pub async fn run_planned(
         &self,
@@ -97,16 +125,7 @@ impl EmbeddedSession {
         on_write: &mut (dyn FnMut(&sluice_planner::WriteJob) + Send),
     ) -> Result<Executed, PlannerError> {
         let ctx = self.session.context().task_ctx();
-        let options = self.session.options();
-        let staged = if options.runtime_mode == "batch" {
-            Some(
-                StagedRuntime::from_options(&options)
-                    .await
-                    .map_err(PlannerError::from)?,
-            )
-        } else {
-            None
-        };
+        let staged = self.staged_runtime().await?;
         match planned {
             Planned::Done {
                 kind,

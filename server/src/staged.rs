@@ -1,7 +1,10 @@
 //! Staged batch execution in one process: an in-process coordinator runs a
 //! job's stage graph through the shuffle store with N task slots.
 //!
-//! - A stage runs when all its input stages have committed.
+//! - A stage runs as soon as all its input stages have committed.
+//! - With `sluice.serialize_stage_plans`, every task's plan is encoded with
+//!   the executor wire format and decoded in a fresh executor context before
+//!   it runs, exactly as a cluster executor receives it.
 //! - Every task attempt writes under its own keys; the first attempt to
 //!   create the task's winner record is the task's output, and readers read
 //!   only winners. A failed attempt is deleted and retried, reading the same
@@ -16,7 +19,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -35,9 +38,12 @@ use datafusion::physical_plan::{
     execute_stream,
 };
 use futures::{Stream, StreamExt};
-use sluice_connectors::CommitMessage;
 use sluice_connectors::sink::decode_commit_messages;
+use sluice_connectors::{CommitMessage, ConnectorFactory};
 use sluice_planner::SluiceOptions;
+use sluice_planner::codec::{
+    ExecutorRegistries, decode_stage_plan, encode_stage_plan, executor_task_context,
+};
 use sluice_planner::stages::{
     Stage, StageGraph, StageOptions, StageOutput, TaskSpec, task_instance,
 };
@@ -64,11 +70,14 @@ pub struct StagedRuntime {
     slots: usize,
     max_attempts: u32,
     writer: WriterOptions,
-    counters: Arc<StagedCounters>,
+    counters: &'static StagedCounters,
+    /// When set, every task's plan is encoded and decoded in a fresh
+    /// executor context against these registries before it runs.
+    wire: Option<Arc<ExecutorRegistries>>,
 }
 
-/// Counters of staged execution, for metrics and tests.
-#[derive(Debug, Default)]
+/// Counters of staged execution in this process, for `/metrics`.
+#[derive(Debug)]
 pub struct StagedCounters {
     /// Jobs run.
     pub jobs: AtomicU64,
@@ -81,7 +90,72 @@ pub struct StagedCounters {
     /// Shuffle bytes written by winning attempts.
     pub shuffle_bytes: AtomicU64,
     /// Tasks currently running.
-    pub running: AtomicUsize,
+    pub running: AtomicU64,
+}
+
+static COUNTERS: StagedCounters = StagedCounters {
+    jobs: AtomicU64::new(0),
+    stages: AtomicU64::new(0),
+    attempts: AtomicU64::new(0),
+    retries: AtomicU64::new(0),
+    shuffle_bytes: AtomicU64::new(0),
+    running: AtomicU64::new(0),
+};
+
+impl StagedCounters {
+    /// The process's counters.
+    pub fn global() -> &'static StagedCounters {
+        &COUNTERS
+    }
+
+    /// Appends staged execution and shuffle metrics in Prometheus text format.
+    pub fn render(&self, out: &mut String) {
+        use std::fmt::Write;
+        let rows: [(&str, &str, &str, &AtomicU64); 6] = [
+            (
+                "sluice_staged_jobs_total",
+                "Staged jobs run.",
+                "counter",
+                &self.jobs,
+            ),
+            (
+                "sluice_staged_stages_total",
+                "Stages completed.",
+                "counter",
+                &self.stages,
+            ),
+            (
+                "sluice_staged_task_attempts_total",
+                "Task attempts started.",
+                "counter",
+                &self.attempts,
+            ),
+            (
+                "sluice_staged_task_retries_total",
+                "Task attempts that failed and were retried.",
+                "counter",
+                &self.retries,
+            ),
+            (
+                "sluice_staged_shuffle_bytes_total",
+                "Shuffle bytes of winning task attempts.",
+                "counter",
+                &self.shuffle_bytes,
+            ),
+            (
+                "sluice_staged_tasks_running",
+                "Tasks running now.",
+                "gauge",
+                &self.running,
+            ),
+        ];
+        for (name, help, kind, v) in rows {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            let _ = writeln!(out, "{name} {}", v.load(Ordering::Relaxed));
+        }
+        sluice_shuffle::shuffle_metrics().render(out);
+    }
 }
 
 impl StagedRuntime {
@@ -115,13 +189,43 @@ impl StagedRuntime {
                 compression,
                 ..WriterOptions::default()
             },
-            counters: Arc::new(StagedCounters::default()),
+            counters: StagedCounters::global(),
+            wire: None,
         })
     }
 
+    /// Sends every task's plan through the executor wire format (see
+    /// [`sluice_planner::codec`]): encoded by the coordinator, decoded in a
+    /// fresh context holding only the executor's registries, then run.
+    pub fn with_serialized_plans(mut self, connectors: Arc<ConnectorFactory>) -> Self {
+        self.wire = Some(Arc::new(ExecutorRegistries {
+            shuffle: self.store.clone(),
+            connectors,
+        }));
+        self
+    }
+
+    /// The plan a task runs, and the context it runs in: as given, or
+    /// after a round trip through the executor wire format.
+    fn ship(
+        &self,
+        instance: Arc<dyn ExecutionPlan>,
+        ctx: &Arc<TaskContext>,
+    ) -> Result<(Arc<dyn ExecutionPlan>, Arc<TaskContext>)> {
+        match &self.wire {
+            None => Ok((instance, Arc::clone(ctx))),
+            Some(registries) => {
+                let bytes = encode_stage_plan(&instance)?;
+                let exec_ctx = executor_task_context(ctx);
+                let decoded = decode_stage_plan(&bytes, &exec_ctx, registries)?;
+                Ok((decoded, exec_ctx))
+            }
+        }
+    }
+
     /// The counters.
-    pub fn counters(&self) -> &Arc<StagedCounters> {
-        &self.counters
+    pub fn counters(&self) -> &'static StagedCounters {
+        self.counters
     }
 
     /// Cuts `plan` into stages, as [`Self::run_query`] and [`Self::run_write`] would.
@@ -169,7 +273,8 @@ impl StagedRuntime {
             attempt: job.attempt(stage.id, 0, 0),
             inputs: inputs.outputs,
         };
-        let instance = match task_instance(&stage.plan, &spec) {
+        let shipped = task_instance(&stage.plan, &spec).and_then(|i| self.ship(i, &ctx));
+        let (instance, ctx) = match shipped {
             Ok(i) => i,
             Err(e) => {
                 job.finish().await;
@@ -321,10 +426,10 @@ impl Job {
         }
     }
 
-    /// Runs the stages in waves: every stage whose inputs have committed
-    /// runs, its tasks sharing the runtime's slots. With `include_result`,
-    /// the result stage runs too (a sink stage); otherwise it is left to
-    /// the caller.
+    /// Runs the stages: each stage starts as soon as all its input stages
+    /// have committed, its tasks sharing the runtime's slots with every
+    /// other running stage. With `include_result`, the result stage runs
+    /// too (a sink stage); otherwise it is left to the caller.
     async fn run_stages(
         &self,
         graph: &StageGraph,
@@ -343,48 +448,54 @@ impl Job {
             .iter()
             .filter(|s| include_result || s.id != result_id)
             .collect();
-        while !pending.is_empty() {
+        let mut running = futures::stream::FuturesUnordered::new();
+        loop {
             let (ready, waiting): (Vec<&Stage>, Vec<&Stage>) = pending
                 .into_iter()
                 .partition(|s| s.inputs.iter().all(|i| outcome.outputs.contains_key(i)));
-            if ready.is_empty() {
+            pending = waiting;
+            for stage in ready {
+                let inputs: HashMap<u32, Arc<Vec<Arc<AttemptIndex>>>> = stage
+                    .inputs
+                    .iter()
+                    .map(|i| (*i, Arc::clone(&outcome.outputs[i])))
+                    .collect();
+                let run = self.run_stage(stage, inputs, ctx, Arc::clone(&slots));
+                running.push(async move { (stage, run.await) });
+            }
+            let Some((stage, result)) = running.next().await else {
+                if pending.is_empty() {
+                    return Ok(outcome);
+                }
                 return Err(DataFusionError::Internal(
                     "stage graph has a cycle or a missing input".into(),
                 ));
-            }
-            pending = waiting;
-            let runs = ready
-                .iter()
-                .map(|stage| self.run_stage(stage, &outcome.outputs, ctx, Arc::clone(&slots)));
-            for (stage, result) in ready.iter().zip(futures::future::join_all(runs).await) {
-                let result = result?;
-                self.runtime.counters.stages.fetch_add(1, Ordering::Relaxed);
-                // File scans keep their metrics in the file source, which
-                // every task instance shares with the template: read once.
-                outcome.rows_read += rows_read(&stage.plan);
-                match stage.output {
-                    StageOutput::Shuffle(_) => {
-                        outcome.outputs.insert(stage.id, Arc::new(result.indexes));
-                    }
-                    StageOutput::Result => outcome.messages.extend(result.messages),
+            };
+            let result = result?;
+            self.runtime.counters.stages.fetch_add(1, Ordering::Relaxed);
+            // In memory, file scans keep their metrics in the file source,
+            // which every task instance shares with the template: read
+            // once. Decoded instances report their own.
+            outcome.rows_read += match self.runtime.wire {
+                None => rows_read(&stage.plan),
+                Some(_) => result.rows_read,
+            };
+            match stage.output {
+                StageOutput::Shuffle(_) => {
+                    outcome.outputs.insert(stage.id, Arc::new(result.indexes));
                 }
+                StageOutput::Result => outcome.messages.extend(result.messages),
             }
         }
-        Ok(outcome)
     }
 
     async fn run_stage(
         &self,
         stage: &Stage,
-        inputs: &HashMap<u32, Arc<Vec<Arc<AttemptIndex>>>>,
+        inputs: HashMap<u32, Arc<Vec<Arc<AttemptIndex>>>>,
         ctx: &Arc<TaskContext>,
         slots: Arc<Semaphore>,
     ) -> Result<StageResult> {
-        let inputs: HashMap<u32, Arc<Vec<Arc<AttemptIndex>>>> = stage
-            .inputs
-            .iter()
-            .map(|i| (*i, Arc::clone(&inputs[i])))
-            .collect();
         let mut tasks = Vec::with_capacity(stage.tasks);
         for task in 0..stage.tasks {
             let slots = Arc::clone(&slots);
@@ -407,6 +518,7 @@ impl Job {
                 .join()
                 .await
                 .map_err(|e| DataFusionError::Execution(format!("task panicked: {e}")))??;
+            result.rows_read += out.rows_read;
             match out.output {
                 TaskOutput::Shuffle(index) => result.indexes.push(index),
                 TaskOutput::Messages(m) => result.messages.extend(m),
@@ -420,6 +532,7 @@ impl Job {
 struct StageResult {
     indexes: Vec<Arc<AttemptIndex>>,
     messages: Vec<CommitMessage>,
+    rows_read: u64,
 }
 
 enum TaskOutput {
@@ -429,6 +542,8 @@ enum TaskOutput {
 
 struct TaskResult {
     output: TaskOutput,
+    /// Rows the winning attempt's sources read.
+    rows_read: u64,
 }
 
 struct TaskRunner {
@@ -442,7 +557,7 @@ struct TaskRunner {
 
 impl TaskRunner {
     async fn run(self) -> Result<TaskResult> {
-        let counters = Arc::clone(&self.runtime.counters);
+        let counters = self.runtime.counters;
         let mut last_error = None;
         for attempt in 0..self.runtime.max_attempts {
             let id = AttemptId {
@@ -487,13 +602,15 @@ impl TaskRunner {
             attempt: id.clone(),
             inputs: self.inputs.clone(),
         };
-        let mut instance = task_instance(&self.stage.plan, &spec)?;
-        if let Some(fault) = Fault::from_env()
-            && fault.matches(id)
-        {
-            instance = fault.inject(instance)?;
-        }
-        let partitions = collect_partitioned(Arc::clone(&instance), Arc::clone(&self.ctx)).await?;
+        let (instance, ctx) = self
+            .runtime
+            .ship(task_instance(&self.stage.plan, &spec)?, &self.ctx)?;
+        let run = match Fault::from_env() {
+            Some(fault) if fault.matches(id) => fault.inject(Arc::clone(&instance))?,
+            _ => Arc::clone(&instance),
+        };
+        let partitions = collect_partitioned(run, ctx).await?;
+        let rows_read = rows_read(&instance);
         match &self.stage.output {
             StageOutput::Shuffle(_) => {
                 let store = &self.runtime.store;
@@ -511,6 +628,7 @@ impl TaskRunner {
                     .fetch_add(index.bytes, Ordering::Relaxed);
                 Ok(TaskResult {
                     output: TaskOutput::Shuffle(Arc::new(index)),
+                    rows_read,
                 })
             }
             StageOutput::Result => {
@@ -520,6 +638,7 @@ impl TaskRunner {
                 }
                 Ok(TaskResult {
                     output: TaskOutput::Messages(messages),
+                    rows_read,
                 })
             }
         }

@@ -86,6 +86,9 @@ pub struct FileTableConfig {
     pub format: Arc<dyn FileFormat>,
     /// Up to this many bad rows are skipped (and reported) when reading.
     pub max_bad_records: usize,
+    /// The declared options this configuration was built from (secrets
+    /// unresolved), so that another process can build it again.
+    pub options: TableOptions,
 }
 
 impl FileTableConfig {
@@ -155,6 +158,7 @@ impl FileTableConfig {
             df_options: df,
             format,
             max_bad_records,
+            options: options.clone(),
         })
     }
 

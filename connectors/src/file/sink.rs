@@ -13,7 +13,9 @@ use super::layout::{self, Intent};
 use super::manifest::{self, Manifest, ManifestFile};
 use super::writer::{FileTaskWriter, StagedFiles, WriterShared};
 use crate::error::{ConnectorError, Result};
-use crate::sink::{CommitMessage, CommitOutcome, JobCommit, Sink, SinkWriter, WriteMode};
+use crate::sink::{
+    CommitMessage, CommitOutcome, JobCommit, Sink, SinkDescriptor, SinkWriter, WriteMode,
+};
 use crate::store::Location;
 
 /// How many times a commit is retried when concurrent writers win the race.
@@ -28,6 +30,10 @@ pub struct FileSink {
     name: String,
     shared: Arc<WriterShared>,
     mode: WriteMode,
+    /// Declared location and options, for [`Sink::descriptor`].
+    location: String,
+    options: crate::options::TableOptions,
+    partition_cols: Vec<String>,
 }
 
 impl FileSink {
@@ -60,6 +66,8 @@ impl FileSink {
                 .map(|i| input_schema.field(*i).clone())
                 .collect::<Vec<_>>(),
         ));
+        let location = loc.original.clone();
+        let declared_partitions = partition_cols.clone();
         let single_file = if loc.is_dir {
             None
         } else {
@@ -114,6 +122,9 @@ impl FileSink {
                 parquet_props,
             }),
             mode,
+            location,
+            options: config.options.clone(),
+            partition_cols: declared_partitions,
         })
     }
 
@@ -197,6 +208,18 @@ impl FileSink {
 impl Sink for FileSink {
     fn target(&self) -> String {
         format!("{} ({})", self.name, self.loc().url)
+    }
+
+    fn descriptor(&self) -> Result<SinkDescriptor> {
+        Ok(SinkDescriptor {
+            connector: "filesystem".to_string(),
+            name: self.name.clone(),
+            location: self.location.clone(),
+            format: self.shared.kind.name().to_string(),
+            options: self.options.clone(),
+            partition_cols: self.partition_cols.clone(),
+            mode: self.mode.clone(),
+        })
     }
 
     fn schema(&self) -> SchemaRef {

@@ -213,7 +213,9 @@ fn percent_decode(s: &str) -> String {
 fn object_meta(loc: &Location, f: &ManifestFile) -> ObjectMeta {
     ObjectMeta {
         location: layout::join(&loc.path, &f.path),
-        last_modified: chrono::DateTime::<chrono::Utc>::MIN_UTC,
+        // The manifest records no modification time; the epoch stands for
+        // "unknown" and, unlike `MIN_UTC`, survives plan serialisation.
+        last_modified: chrono::DateTime::<chrono::Utc>::UNIX_EPOCH,
         size: f.size,
         e_tag: None,
         version: None,

@@ -398,6 +398,7 @@ mod http {
             "gauge",
             &[("", state.session_count() as u64)],
         );
+        crate::staged::StagedCounters::global().render(&mut out);
         out
     }
 }

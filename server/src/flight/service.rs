@@ -32,9 +32,9 @@ use arrow_flight::{
 use bytes::Bytes;
 use datafusion::catalog::streaming::StreamingTable;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::PartitionStream;
-use datafusion::physical_plan::{ExecutionPlan, execute_stream};
 use datafusion::sql::parser::Statement as DfStatement;
 use futures::{Stream, StreamExt, TryStreamExt};
 use prost::Message;
@@ -1164,8 +1164,12 @@ impl FlightSqlService for SluiceFlightSql {
                 cancel,
                 ..
             } => {
-                let task_ctx = session.session().context().task_ctx();
-                let stream = execute_stream(plan, task_ctx).map_err(status_of_datafusion)?;
+                // Batch mode runs the query stage by stage.
+                let stream = session
+                    .engine
+                    .query_stream(plan)
+                    .await
+                    .map_err(|e| status_of(&e, ""))?;
                 self.state
                     .running
                     .lock()

@@ -535,6 +535,39 @@ fn health_and_metrics() -> Result<(), Failed> {
         metrics.contains("sluice_flight_requests_total ")
             && metrics.contains("sluice_statements_total{kind=\"query\"} 1"),
         metrics,
+    )?;
+
+    // A staged batch query moves data through the shuffle tier, and the
+    // staged and shuffle metrics count it.
+    let out = s.run(
+        &[
+            "--server",
+            &format!("http://{}", server.address),
+            "-e",
+            "SET 'execution.runtime-mode' = 'batch'; \
+             SET 'datafusion.execution.target_partitions' = '2'; \
+             SELECT value % 10 AS k, count(*) AS n FROM generate_series(1, 10000) GROUP BY value % 10",
+        ],
+        None,
+    );
+    ensure(out.status.success(), stderr(&out))?;
+    let metrics = http_get(&http, "/metrics")?;
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(-1.0)
+    };
+    ensure(
+        value("sluice_staged_jobs_total") >= 1.0
+            && value("sluice_staged_stages_total") >= 1.0
+            && value("sluice_shuffle_bytes_written_total") > 0.0
+            && value("sluice_shuffle_bytes_read_total") > 0.0
+            && value("sluice_shuffle_objects_written_total") >= 2.0
+            && value("sluice_shuffle_buffered_bytes") == 0.0
+            && value("sluice_shuffle_active_writers") == 0.0,
+        metrics,
     )
 }
 

@@ -24,15 +24,23 @@ const PARTITIONS: usize = 2;
 
 pub(crate) fn trials() -> Vec<Trial> {
     let mut trials = vec![
+        Trial::test("staged::rows_scanned_across_tasks_equal_table_rows", || {
+            rows_scanned_across_tasks(false)
+        }),
         Trial::test(
-            "staged::rows_scanned_across_tasks_equal_table_rows",
-            rows_scanned_across_tasks,
+            "staged::decoded_sink_tasks_scan_and_write_every_row_once",
+            || rows_scanned_across_tasks(true),
         ),
         Trial::test(
             "staged::retried_map_task_gives_same_answer_without_duplicates",
             retried_map_task,
         ),
         Trial::test("staged::dry_run_shows_stages", dry_run_shows_stages),
+        Trial::test("staged::tpch_stage_graph_snapshots", tpch_stage_graphs),
+        Trial::test(
+            "staged::shuffle_worker_process_stores_and_serves_blocks",
+            shuffle_worker_process,
+        ),
     ];
     for (name, sql) in tpch::QUERIES {
         trials.push(Trial::test(
@@ -58,13 +66,20 @@ fn tpch_dir() -> Result<PathBuf, Failed> {
 }
 
 /// An embedded session in staged batch mode, shuffling into `shuffle`.
-async fn staged_session(shuffle: &Path, data: &Path) -> Result<EmbeddedSession, Failed> {
+/// With `serialized`, every task's plan is encoded and then decoded in a
+/// fresh context that holds only an executor's registries before it runs.
+async fn staged_session(
+    shuffle: &Path,
+    data: &Path,
+    serialized: bool,
+) -> Result<EmbeddedSession, Failed> {
     let config = SessionConfig::new().with_target_partitions(PARTITIONS);
     let session = EmbeddedSession::new(config, RunContext::default(), false);
     let mut setup = vec![
         "SET 'execution.runtime-mode' = 'batch'".to_string(),
         format!("SET 'sluice.task_slots' = '{PARTITIONS}'"),
         format!("SET 'sluice.shuffle_dir' = '{}'", shuffle.display()),
+        format!("SET 'sluice.serialize_stage_plans' = '{serialized}'"),
     ];
     setup.extend(tpch::create_tables_sql(data));
     for sql in setup {
@@ -117,8 +132,9 @@ fn tpch_query(name: &str, sql: &str) -> Result<(), Failed> {
         }
         let expected = ctx.sql(sql).await?.collect().await?;
 
+        // Every stage travels through the executor wire format, as on a cluster.
         let shuffle = tempfile::tempdir()?;
-        let session = staged_session(shuffle.path(), &data).await?;
+        let session = staged_session(shuffle.path(), &data, true).await?;
 
         // Q13, Q21 and Q22 must split their join stages over tasks.
         if matches!(name, "q13" | "q21" | "q22") {
@@ -165,12 +181,14 @@ fn tpch_query(name: &str, sql: &str) -> Result<(), Failed> {
 
 /// Every row of the table is read exactly once across the tasks of the
 /// scan stage: a copy to a file sink reads `lineitem` once and writes it once.
-fn rows_scanned_across_tasks() -> Result<(), Failed> {
+/// With `serialized`, the tasks (the sink's too) are decoded from the wire
+/// format and report their own scan metrics.
+fn rows_scanned_across_tasks(serialized: bool) -> Result<(), Failed> {
     let data = tpch_dir()?;
     runtime().block_on(async {
         let shuffle = tempfile::tempdir()?;
         let out = tempfile::tempdir()?;
-        let session = staged_session(shuffle.path(), &data).await?;
+        let session = staged_session(shuffle.path(), &data, serialized).await?;
         let expected = rows_of(execute(&session, "SELECT count(*) FROM lineitem").await?).await?;
         let expected = arrow::array::cast::as_primitive_array::<arrow::datatypes::Int64Type>(
             expected[0].column(0),
@@ -289,4 +307,133 @@ fn dry_run_shows_stages() -> Result<(), Failed> {
         &o,
     )?;
     Ok(())
+}
+
+/// The stage graphs of the 22 TPC-H queries, as `EXPLAIN` shows them, with
+/// 2 partitions and 2 task slots; data paths are redacted.
+fn tpch_stage_graphs() -> Result<(), Failed> {
+    let data = tpch_dir()?;
+    runtime().block_on(async {
+        let shuffle = tempfile::tempdir()?;
+        let session = staged_session(shuffle.path(), &data, false).await?;
+        let options = session.session().options();
+        let runtime = StagedRuntime::from_options(&options).await?;
+        let data_path = data.display().to_string();
+        for (name, sql) in tpch::QUERIES {
+            let stmt = parse_statement(sql)?;
+            let Planned::Query { plan } = session.session().plan(stmt, 1, true).await? else {
+                return Err("a TPC-H query plans as a query".into());
+            };
+            let text = runtime
+                .stage_graph(plan, true)?
+                .display()
+                .replace(&data_path, "[TPCH]")
+                .replace(data_path.trim_start_matches('/'), "[TPCH]");
+            insta::assert_snapshot!(format!("tpch_stage_graph_{name}"), text);
+        }
+        Ok(())
+    })
+}
+
+/// `sluice shuffle-worker` as a process: a put through Flight lands in its
+/// store and reads back; a bad --memory-limit is refused with the option named.
+fn shuffle_worker_process() -> Result<(), Failed> {
+    let s = Scratch::new();
+    let mut c = s.sluice();
+    c.args([
+        "shuffle-worker",
+        "--store",
+        "store",
+        "--memory-limit",
+        "lots",
+    ]);
+    let o = crate::support::run_command(c, None);
+    check(
+        o.status.code() == Some(2)
+            && crate::support::stderr(&o).contains("--memory-limit")
+            && crate::support::stderr(&o).contains("256MB"),
+        "a bad --memory-limit is an error naming the option and an example",
+        &o,
+    )?;
+
+    let listen = s.path().join("listen");
+    let mut c = s.sluice();
+    c.args([
+        "shuffle-worker",
+        "--bind",
+        "127.0.0.1:0",
+        "--memory-limit",
+        "8MiB",
+    ])
+    .arg("--store")
+    .arg(s.path().join("store"))
+    .arg("--listen-file")
+    .arg(&listen)
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null());
+    let mut child = c.spawn()?;
+    let result = (|| -> Result<(), Failed> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !listen.exists() {
+            if std::time::Instant::now() > deadline {
+                return Err("the worker did not write its listen file".into());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let url = format!("http://{}", std::fs::read_to_string(&listen)?.trim());
+        runtime().block_on(async {
+            use futures::StreamExt;
+            let client = sluice_shuffle::ShuffleClient::connect(&url).await?;
+            let schema = Arc::new(arrow::datatypes::Schema::new(vec![
+                arrow::datatypes::Field::new("v", arrow::datatypes::DataType::Int64, false),
+            ]));
+            let batch = RecordBatch::try_new(
+                Arc::clone(&schema),
+                vec![Arc::new(arrow::array::Int64Array::from_iter_values(
+                    0..5000,
+                ))],
+            )?;
+            let block = sluice_shuffle::format::encode_block(
+                &schema,
+                &[batch],
+                sluice_shuffle::ShuffleCompression::Zstd,
+            )?;
+            let id = sluice_shuffle::AttemptId {
+                job: "w1".into(),
+                stage: 0,
+                task: 0,
+                attempt: 0,
+            };
+            let blocks = (0..6).map(move |i| (i % 3, 5000u64, block.clone()));
+            let index = client
+                .put_attempt(
+                    &id,
+                    3,
+                    sluice_shuffle::ShuffleCompression::Zstd,
+                    futures::stream::iter(blocks),
+                )
+                .await?;
+            if index.rows != 30_000 || !s.path().join("store").join(&index.data).exists() {
+                return Err(format!("unexpected index {index:?}").into());
+            }
+            let mut rows = 0;
+            let mut stream = Box::pin(client.get(&id, 2, None).await?);
+            while let Some(block) = stream.next().await {
+                for b in sluice_shuffle::format::decode_block(block?.1)? {
+                    rows += b.num_rows();
+                }
+            }
+            if rows != 10_000 {
+                return Err(format!("partition 2 read {rows} rows, not 10000").into());
+            }
+            client.delete_job("w1").await?;
+            if !client.list_job("w1").await?.is_empty() {
+                return Err("the job's data survived delete_job".into());
+            }
+            Ok(())
+        })
+    })();
+    let _ = child.kill();
+    let _ = child.wait();
+    result
 }
