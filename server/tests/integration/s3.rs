@@ -10,10 +10,37 @@ use sluice_sql_tests::{Failed, Trial};
 use crate::support::{Scratch, check, run_command, stdout, wait_until};
 
 pub(crate) fn trials() -> Vec<Trial> {
-    vec![Trial::test(
-        "s3::read_insert_overwrite_round_trip",
-        round_trip,
-    )]
+    vec![
+        Trial::test("s3::read_insert_overwrite_round_trip", round_trip),
+        Trial::test(
+            "s3::shuffle_worker_stores_attempts_in_s3",
+            shuffle_worker_on_s3,
+        ),
+    ]
+}
+
+/// A shuffle worker on an S3 store: the put-if-absent probe passes, the
+/// data object goes up as a multipart upload of several parts, and reads
+/// and deletes go through S3.
+fn shuffle_worker_on_s3() -> Result<(), Failed> {
+    let server = start_s3()?;
+    let s = Scratch::new();
+    let env = [
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_ENDPOINT", server.endpoint.as_str()),
+        ("AWS_ALLOW_HTTP", "true"),
+    ];
+    let index = crate::staged::worker_round_trip(&s, "s3://lake/shuffle/", &env)?;
+    if index.bytes < 10 * 1024 * 1024 {
+        return Err(format!(
+            "the attempt holds {} bytes; the test needs several upload parts",
+            index.bytes
+        )
+        .into());
+    }
+    Ok(())
 }
 
 /// A moto S3 server on a free loopback port, killed on drop.

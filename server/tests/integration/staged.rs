@@ -355,7 +355,25 @@ fn shuffle_worker_process() -> Result<(), Failed> {
         "a bad --memory-limit is an error naming the option and an example",
         &o,
     )?;
+    let store = s.path().join("store");
+    let index = worker_round_trip(&s, store.to_str().ok_or("path")?, &[])?;
+    // The worker listed the data object in its store; after delete_job the
+    // job's directory is gone, staging files included.
+    let job_dir = store.join("jobs").join(&index.job);
+    if job_dir.exists() {
+        return Err(format!("{} survived delete_job", job_dir.display()).into());
+    }
+    Ok(())
+}
 
+/// Starts `sluice shuffle-worker --store STORE` with `env`, puts 8 blocks of
+/// 2 MiB (3 partitions) through it, reads partition 2 back, then deletes the
+/// job and checks nothing is left. Returns the attempt's index.
+pub(crate) fn worker_round_trip(
+    s: &Scratch,
+    store: &str,
+    env: &[(&str, &str)],
+) -> Result<sluice_shuffle::AttemptIndex, Failed> {
     let listen = s.path().join("listen");
     let mut c = s.sluice();
     c.args([
@@ -363,22 +381,18 @@ fn shuffle_worker_process() -> Result<(), Failed> {
         "--bind",
         "127.0.0.1:0",
         "--memory-limit",
-        "8MiB",
+        "64MiB",
     ])
-    .arg("--store")
-    .arg(s.path().join("store"))
+    .args(["--store", store])
     .arg("--listen-file")
     .arg(&listen)
+    .envs(env.iter().copied())
     .stdout(std::process::Stdio::null())
-    .stderr(std::process::Stdio::null());
+    .stderr(std::process::Stdio::piped());
     let mut child = c.spawn()?;
-    let result = (|| -> Result<(), Failed> {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        while !listen.exists() {
-            if std::time::Instant::now() > deadline {
-                return Err("the worker did not write its listen file".into());
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
+    let result = (|| -> Result<sluice_shuffle::AttemptIndex, Failed> {
+        if !crate::support::wait_until(60, || listen.exists()) {
+            return Err("the worker did not write its listen file".into());
         }
         let url = format!("http://{}", std::fs::read_to_string(&listen)?.trim());
         runtime().block_on(async {
@@ -387,11 +401,20 @@ fn shuffle_worker_process() -> Result<(), Failed> {
             let schema = Arc::new(arrow::datatypes::Schema::new(vec![
                 arrow::datatypes::Field::new("v", arrow::datatypes::DataType::Int64, false),
             ]));
+            // Values that barely compress, so the data object spans several
+            // upload parts.
+            let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+            let values: Vec<i64> = (0..256 * 1024)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as i64
+                })
+                .collect();
             let batch = RecordBatch::try_new(
                 Arc::clone(&schema),
-                vec![Arc::new(arrow::array::Int64Array::from_iter_values(
-                    0..5000,
-                ))],
+                vec![Arc::new(arrow::array::Int64Array::from(values))],
             )?;
             let block = sluice_shuffle::format::encode_block(
                 &schema,
@@ -404,7 +427,7 @@ fn shuffle_worker_process() -> Result<(), Failed> {
                 task: 0,
                 attempt: 0,
             };
-            let blocks = (0..6).map(move |i| (i % 3, 5000u64, block.clone()));
+            let blocks = (0..8).map(move |i| (i % 3, 256 * 1024u64, block.clone()));
             let index = client
                 .put_attempt(
                     &id,
@@ -413,7 +436,7 @@ fn shuffle_worker_process() -> Result<(), Failed> {
                     futures::stream::iter(blocks),
                 )
                 .await?;
-            if index.rows != 30_000 || !s.path().join("store").join(&index.data).exists() {
+            if index.rows != 8 * 256 * 1024 || index.partitions[2].len() != 2 {
                 return Err(format!("unexpected index {index:?}").into());
             }
             let mut rows = 0;
@@ -423,17 +446,31 @@ fn shuffle_worker_process() -> Result<(), Failed> {
                     rows += b.num_rows();
                 }
             }
-            if rows != 10_000 {
-                return Err(format!("partition 2 read {rows} rows, not 10000").into());
+            if rows != 2 * 256 * 1024 {
+                return Err(format!("partition 2 read {rows} rows, not {}", 2 * 256 * 1024).into());
+            }
+            let listed = client.list_job("w1").await?;
+            if !listed
+                .iter()
+                .any(|o| o.path == index.data && o.size == index.bytes)
+            {
+                return Err(format!("the data object is not listed: {listed:?}").into());
             }
             client.delete_job("w1").await?;
             if !client.list_job("w1").await?.is_empty() {
                 return Err("the job's data survived delete_job".into());
             }
-            Ok(())
+            Ok(index)
         })
     })();
     let _ = child.kill();
-    let _ = child.wait();
-    result
+    let output = child.wait_with_output()?;
+    result.map_err(|e| {
+        format!(
+            "{}\nworker stderr:\n{}",
+            e.message().unwrap_or_default(),
+            String::from_utf8_lossy(&output.stderr)
+        )
+        .into()
+    })
 }
