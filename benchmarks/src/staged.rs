@@ -5,9 +5,9 @@
 //!   same partitions, alternating, from the same build.
 //! - `shuffle`: about 2 GB hash-partitioned through the shuffle writer and
 //!   read back, against the same batches partitioned with DataFusion's
-//!   partitioner and written and read as one IPC file per partition.
+//!   partitioner and written and read as one IPC file per partition, with
+//!   the same sync cadence as the shuffle tier's local writer.
 
-use std::io::Write as _;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -274,8 +274,10 @@ fn ipc_files_round(
     let t = Instant::now();
     let mut writers = (0..partitions)
         .map(|p| {
-            let f =
-                std::io::BufWriter::new(std::fs::File::create(out.join(format!("{p}.arrows")))?);
+            let f = std::io::BufWriter::with_capacity(
+                1 << 20,
+                SyncedFile::new(std::fs::File::create(out.join(format!("{p}.arrows")))?),
+            );
             Ok(StreamWriter::try_new_with_options(
                 f,
                 &schema,
@@ -296,10 +298,15 @@ fn ipc_files_round(
                 .map_err(|e| datafusion::error::DataFusionError::ArrowError(Box::new(e), None))
         })?;
     }
-    // Same cadence as the shuffle writer: no fsync, page cache only.
+    // Same cadence as the shuffle writer: write-back every 8 MiB, then
+    // fdatasync at the end.
     for mut w in writers {
         w.finish()?;
-        w.into_inner()?.flush().context("flush")?;
+        let file = w
+            .into_inner()?
+            .into_inner()
+            .map_err(|e| anyhow::anyhow!("flush: {}", e.error()))?;
+        file.finish()?;
     }
     let write = t.elapsed();
     let t = Instant::now();
@@ -316,6 +323,68 @@ fn ipc_files_round(
     }
     std::fs::remove_dir_all(&out)?;
     Ok((write, read))
+}
+
+/// A file written with the shuffle tier's local sync cadence: write-back of
+/// each 8 MiB chunk is started as it completes, after waiting for the chunk
+/// before it; `fdatasync` at the end. The peer of the shuffle writer must pay
+/// for the same durability, or the ratio measures the page cache.
+struct SyncedFile {
+    file: std::fs::File,
+    written: u64,
+    flushed: u64,
+}
+
+impl SyncedFile {
+    const CHUNK: u64 = 8 * 1024 * 1024;
+
+    fn new(file: std::fs::File) -> Self {
+        Self {
+            file,
+            written: 0,
+            flushed: 0,
+        }
+    }
+
+    fn write_back(&mut self) {
+        use std::os::fd::AsRawFd;
+        let fd = self.file.as_raw_fd();
+        let (start, len) = (self.flushed as i64, (self.written - self.flushed) as i64);
+        // SAFETY: `fd` belongs to `self.file`, open for the call.
+        unsafe {
+            if start > 0 {
+                libc::sync_file_range(
+                    fd,
+                    0,
+                    start,
+                    libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                        | libc::SYNC_FILE_RANGE_WRITE
+                        | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+                );
+            }
+            libc::sync_file_range(fd, start, len, libc::SYNC_FILE_RANGE_WRITE);
+        }
+        self.flushed = self.written;
+    }
+
+    fn finish(self) -> Result<()> {
+        self.file.sync_data().context("fdatasync")
+    }
+}
+
+impl std::io::Write for SyncedFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.written += n as u64;
+        if self.written - self.flushed >= Self::CHUNK {
+            self.write_back();
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
 }
 
 /// Samples `Dirty + Writeback` of `/proc/meminfo` every 20 ms.
