@@ -1,6 +1,7 @@
 //! Sluice's planner: the integration SQL dialect, scripts, the catalog and
 //! the DataFusion session that binds statements to plans.
 
+pub mod broadcast;
 pub mod catalog;
 pub mod codec;
 pub mod config;

@@ -173,7 +173,13 @@ impl SluiceSession {
             .with_option_extension(SluiceOptions::default())
             .with_default_catalog_and_schema(DEFAULT_CATALOG, DEFAULT_SCHEMA)
             .with_information_schema(true);
-        let ctx = SessionContext::new_with_config_rt(config, Arc::clone(&runtime));
+        let state = datafusion::execution::session_state::SessionStateBuilder::new()
+            .with_config(config)
+            .with_runtime_env(Arc::clone(&runtime))
+            .with_default_features()
+            .with_physical_optimizer_rules(crate::broadcast::physical_optimizer_rules())
+            .build();
+        let ctx = SessionContext::new_with_state(state);
         let stores = Arc::new(StoreRegistry::new(runtime, SecretResolver::from_env()));
         Self {
             ctx,
@@ -1132,8 +1138,9 @@ pub(crate) fn external_for_schema(
 ///
 /// - Dynamic filters link a join to scans that may run in another stage.
 /// - File-stream work stealing lets one partition read another's files.
-/// - Collect-left joins would copy build sides that emit unmatched rows;
-///   partitioned joins split every join over tasks.
+/// Joins keep DataFusion's size thresholds: small build sides are
+/// broadcast, except for join types that emit unmatched build rows, which
+/// `broadcast::BroadcastSafeJoins` turns back into partitioned joins.
 const STAGED_SETTINGS: &[(&str, &str, &str)] = &[
     (
         "datafusion.optimizer.enable_dynamic_filter_pushdown",
@@ -1144,16 +1151,6 @@ const STAGED_SETTINGS: &[(&str, &str, &str)] = &[
         "datafusion.execution.enable_file_stream_work_stealing",
         "false",
         "true",
-    ),
-    (
-        "datafusion.optimizer.hash_join_single_partition_threshold",
-        "0",
-        "1048576",
-    ),
-    (
-        "datafusion.optimizer.hash_join_single_partition_threshold_rows",
-        "0",
-        "131072",
     ),
 ];
 

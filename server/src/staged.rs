@@ -286,6 +286,7 @@ impl StagedRuntime {
             schema: stream.schema(),
             inner: stream,
             job: Some(job),
+            finishing: None,
         }))
     }
 
@@ -666,17 +667,32 @@ struct JobStream {
     schema: SchemaRef,
     inner: SendableRecordBatchStream,
     job: Option<Job>,
+    /// Deleting the job's data once the result has ended; the stream ends
+    /// after it, so a process exiting right after the last batch leaves
+    /// nothing behind.
+    finishing: Option<futures::future::BoxFuture<'static, ()>>,
 }
 
 impl Stream for JobStream {
     type Item = Result<RecordBatch>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let next = self.inner.poll_next_unpin(cx);
-        if let Poll::Ready(None) = next {
-            self.release();
+        loop {
+            if let Some(finishing) = self.finishing.as_mut() {
+                futures::ready!(finishing.as_mut().poll(cx));
+                self.finishing = None;
+                return Poll::Ready(None);
+            }
+            match self.inner.poll_next_unpin(cx) {
+                Poll::Ready(None) => match self.job.take() {
+                    Some(job) => {
+                        self.finishing = Some(Box::pin(async move { job.finish().await }));
+                    }
+                    None => return Poll::Ready(None),
+                },
+                other => return other,
+            }
         }
-        next
     }
 }
 
@@ -687,9 +703,10 @@ impl RecordBatchStream for JobStream {
 }
 
 impl JobStream {
+    /// A result stream dropped before its end: delete the job's data in
+    /// the background.
     fn release(&mut self) {
         if let Some(job) = self.job.take() {
-            // Deleting is I/O; do it off the consumer's path.
             if let Ok(handle) = tokio::runtime::Handle::try_current() {
                 handle.spawn(async move { job.finish().await });
             }

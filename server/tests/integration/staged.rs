@@ -41,6 +41,10 @@ pub(crate) fn trials() -> Vec<Trial> {
             "staged::shuffle_worker_process_stores_and_serves_blocks",
             shuffle_worker_process,
         ),
+        Trial::test(
+            "staged::small_build_sides_broadcast_only_when_safe",
+            broadcast_only_when_safe,
+        ),
     ];
     for (name, sql) in tpch::QUERIES {
         trials.push(Trial::test(
@@ -472,5 +476,92 @@ pub(crate) fn worker_round_trip(
             String::from_utf8_lossy(&output.stderr)
         )
         .into()
+    })
+}
+
+fn join_modes(plan: &Arc<dyn ExecutionPlan>, out: &mut Vec<String>) {
+    if let Some(j) = plan.downcast_ref::<HashJoinExec>() {
+        out.push(format!("{:?} {:?}", j.join_type(), j.partition_mode()));
+    }
+    for c in plan.children() {
+        join_modes(c, out);
+    }
+}
+
+/// A small build side (a memory table with exact statistics) is broadcast
+/// for an inner join, but a left join, which emits unmatched build rows,
+/// becomes a partitioned join: broadcasting it to the probe side's tasks
+/// would emit the unmatched row once per task.
+fn broadcast_only_when_safe() -> Result<(), Failed> {
+    let s = Scratch::new();
+    runtime().block_on(async {
+        let shuffle = s.path().join("shuffle");
+        let config = SessionConfig::new().with_target_partitions(PARTITIONS);
+        let session = EmbeddedSession::new(config, RunContext::default(), false);
+        for sql in [
+            "SET 'execution.runtime-mode' = 'batch'".to_string(),
+            format!("SET 'sluice.shuffle_dir' = '{}'", shuffle.display()),
+            format!(
+                "CREATE TABLE big (k BIGINT) WITH ('connector' = 'filesystem', \
+                 'path' = '{}/big/', 'format' = 'parquet')",
+                s.path().display()
+            ),
+            // Two input partitions, so two files and two scan tasks.
+            "INSERT INTO big SELECT value FROM generate_series(1, 100000) \
+             UNION ALL SELECT value FROM generate_series(100001, 200000)"
+                .to_string(),
+            "CREATE TABLE small AS VALUES (0, 'none'), (1, 'one'), (2, 'two')".to_string(),
+        ] {
+            execute(&session, &sql).await?;
+        }
+        let cases = [
+            (
+                "SELECT count(*) FROM small JOIN big ON small.column1 = big.k",
+                "Inner CollectLeft",
+                2,
+            ),
+            (
+                "SELECT count(*) FROM small LEFT JOIN big ON small.column1 = big.k",
+                "Left Partitioned",
+                3,
+            ),
+        ];
+        for (sql, mode, rows) in cases {
+            let Planned::Query { plan } = session
+                .session()
+                .plan(parse_statement(sql)?, 1, true)
+                .await?
+            else {
+                return Err("a query plans as a query".into());
+            };
+            let mut modes = vec![];
+            join_modes(&plan, &mut modes);
+            if modes != [mode] {
+                return Err(format!("{sql}: joins {modes:?}, expected [{mode}]").into());
+            }
+            let graph = StagedRuntime::from_options(&session.session().options())
+                .await?
+                .stage_graph(plan, true)?;
+            if !graph
+                .stages
+                .iter()
+                .any(|st| has_join(&st.plan) && st.tasks >= 2)
+            {
+                return Err(format!(
+                    "{sql}: the join must run in 2 or more tasks:\n{}",
+                    graph.display()
+                )
+                .into());
+            }
+            let out = rows_of(execute(&session, sql).await?).await?;
+            let n = arrow::array::cast::as_primitive_array::<arrow::datatypes::Int64Type>(
+                out[0].column(0),
+            )
+            .value(0);
+            if n != rows {
+                return Err(format!("{sql}: {n} rows, expected {rows}").into());
+            }
+        }
+        Ok(())
     })
 }
