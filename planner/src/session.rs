@@ -1138,6 +1138,7 @@ pub(crate) fn external_for_schema(
 ///
 /// - Dynamic filters link a join to scans that may run in another stage.
 /// - File-stream work stealing lets one partition read another's files.
+///
 /// Joins keep DataFusion's size thresholds: small build sides are
 /// broadcast, except for join types that emit unmatched build rows, which
 /// `broadcast::BroadcastSafeJoins` turns back into partitioned joins.
