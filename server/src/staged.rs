@@ -706,10 +706,10 @@ impl JobStream {
     /// A result stream dropped before its end: delete the job's data in
     /// the background.
     fn release(&mut self) {
-        if let Some(job) = self.job.take() {
-            if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                handle.spawn(async move { job.finish().await });
-            }
+        if let Some(job) = self.job.take()
+            && let Ok(handle) = tokio::runtime::Handle::try_current()
+        {
+            handle.spawn(async move { job.finish().await });
         }
     }
 }
