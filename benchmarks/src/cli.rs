@@ -62,6 +62,10 @@ pub(crate) struct TpchStagedArgs {
     /// Sluice's task slots.
     #[arg(long, default_value_t = 2)]
     pub(crate) slots: usize,
+
+    /// Only these queries, comma-separated (`q10,q18`); all 22 by default.
+    #[arg(long)]
+    pub(crate) queries: Option<String>,
 }
 
 /// `sluice-bench shuffle`.

@@ -10,7 +10,10 @@
 use std::io::Cursor;
 use std::str::FromStr;
 
-use arrow::array::RecordBatch;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, AsArray, GenericByteViewArray, RecordBatch};
+use arrow::datatypes::ByteViewType;
 use arrow::datatypes::SchemaRef;
 use arrow::ipc::CompressionType;
 use arrow::ipc::reader::StreamReader;
@@ -147,7 +150,13 @@ pub fn encode_block(
     compression: ShuffleCompression,
 ) -> Result<Bytes> {
     let options = IpcWriteOptions::default().try_with_compression(compression.ipc())?;
-    let mut out = Vec::with_capacity(batches.iter().map(|b| b.get_array_memory_size()).sum());
+    let mut out = Vec::with_capacity(
+        batches
+            .iter()
+            .map(|b| b.get_array_memory_size())
+            .sum::<usize>()
+            .min(64 << 20),
+    );
     {
         let mut writer = StreamWriter::try_new_with_options(&mut out, schema, options)?;
         for batch in batches {
@@ -156,6 +165,46 @@ pub fn encode_block(
         writer.finish()?;
     }
     Ok(Bytes::from(out))
+}
+
+/// Rewrites string and binary view columns whose data buffers are mostly
+/// unreferenced, so that they hold only the bytes their rows use.
+///
+/// `take` and `filter` (hash partitioning, join output) keep a view array's
+/// data buffers whole: a piece of 10 rows can pin the megabytes of strings
+/// its source batch held. Arrow IPC writes every referenced buffer in full,
+/// so without this every block would carry those megabytes again, and the
+/// writer's memory accounting would see them in every piece. Columns that
+/// already use most of their buffers are left alone.
+pub fn compact_views(batch: RecordBatch) -> RecordBatch {
+    fn wasteful<T: ByteViewType + ?Sized>(a: &GenericByteViewArray<T>) -> bool {
+        let held: usize = a.data_buffers().iter().map(|b| b.len()).sum();
+        held > 2 * a.total_buffer_bytes_used() + 8 * 1024
+    }
+    let mut changed = false;
+    let columns: Vec<ArrayRef> = batch
+        .columns()
+        .iter()
+        .map(|c| {
+            if let Some(a) = c.as_string_view_opt()
+                && wasteful(a)
+            {
+                changed = true;
+                return Arc::new(a.gc()) as ArrayRef;
+            }
+            if let Some(a) = c.as_binary_view_opt()
+                && wasteful(a)
+            {
+                changed = true;
+                return Arc::new(a.gc()) as ArrayRef;
+            }
+            Arc::clone(c)
+        })
+        .collect();
+    if !changed {
+        return batch;
+    }
+    RecordBatch::try_new(batch.schema(), columns).expect("same schema, same row count")
 }
 
 /// Decodes one block.
@@ -188,6 +237,36 @@ mod tests {
             ],
         )
         .unwrap()
+    }
+
+    #[test]
+    fn view_columns_taken_from_big_batches_are_compacted_before_encoding() {
+        use arrow::array::{StringViewArray, UInt32Array};
+        let long = |i: usize| format!("customer name that is not inlined #{i:08}");
+        let big = StringViewArray::from_iter_values((0..100_000).map(long));
+        let schema = Arc::new(Schema::new(vec![Field::new(
+            "name",
+            DataType::Utf8View,
+            false,
+        )]));
+        let source = RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(big)]).unwrap();
+        // What a partitioner or a join hands the writer: 10 rows that still
+        // reference the 100 000 rows' buffers.
+        let piece = arrow::compute::take_record_batch(
+            &source,
+            &UInt32Array::from_iter_values((0..10).map(|i| i * 7_919)),
+        )
+        .unwrap();
+        let none = ShuffleCompression::None;
+        let pinned = encode_block(&schema, std::slice::from_ref(&piece), none).unwrap();
+        let compact = compact_views(piece.clone());
+        let block = encode_block(&schema, std::slice::from_ref(&compact), none).unwrap();
+        assert!(pinned.len() > 1_000_000, "{}", pinned.len());
+        assert!(block.len() < 4_096, "{}", block.len());
+        assert_eq!(decode_block(block).unwrap(), vec![piece]);
+        // Dense columns are returned as they are.
+        let dense = compact_views(source.clone());
+        assert!(Arc::ptr_eq(dense.column(0), source.column(0)));
     }
 
     #[test]

@@ -27,7 +27,7 @@ use futures::StreamExt;
 
 use crate::SHUFFLE_FORMAT_VERSION;
 use crate::data::DataOut;
-use crate::format::{AttemptIndex, BlockRange, ShuffleCompression, encode_block};
+use crate::format::{AttemptIndex, BlockRange, ShuffleCompression, compact_views, encode_block};
 use crate::metrics::{GaugeGuard, ShuffleMetrics, shuffle_metrics};
 use crate::store::{AttemptId, ShuffleStore};
 
@@ -410,6 +410,7 @@ impl AttemptWriter {
                 None => parts.push((0, batch)),
             }
             for (p, b) in parts {
+                let b = compact_views(b);
                 let size = b.get_array_memory_size();
                 buffers[p].push(b, size);
                 buffered += size;

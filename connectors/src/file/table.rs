@@ -6,15 +6,20 @@ use std::sync::Arc;
 use arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::Session;
-use datafusion::common::{DFSchema, ScalarValue};
+use datafusion::common::{DFSchema, DataFusionError, ScalarValue, TableReference};
 use datafusion::datasource::TableProvider;
 use datafusion::datasource::TableType;
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::listing::helpers::{expr_applicable_for_cols, filter_partitioned_file};
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder};
+use datafusion::execution::cache::SchemaFingerprint;
+use datafusion::execution::cache::TableScopedPath;
+use datafusion::execution::cache::cache_manager::CachedFileMetadata;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
+use datafusion_datasource::compute_all_files_statistics;
+use futures::{StreamExt, TryStreamExt};
 use object_store::{ObjectMeta, ObjectStoreExt};
 
 use super::format::FileTableConfig;
@@ -78,7 +83,7 @@ impl FileTable {
                 (Arc::new(Schema::new(data)), partition_fields)
             }
             None => {
-                let files = live_files(&loc).await?;
+                let (_, files) = live_files(&loc).await?;
                 if files.is_empty() {
                     return Err(ConnectorError::SchemaMismatch {
                         target: format!("{name} ({})", loc.url),
@@ -222,21 +227,27 @@ fn object_meta(loc: &Location, f: &ManifestFile) -> ObjectMeta {
     }
 }
 
-/// The live files of a table, or the one file of a single-file location.
-async fn live_files(loc: &Location) -> Result<Vec<ManifestFile>> {
+/// The live files of a table, or the one file of a single-file location,
+/// and whether a manifest lists them (then every file is immutable: Sluice
+/// never rewrites a committed file under the same name).
+async fn live_files(loc: &Location) -> Result<(bool, Vec<ManifestFile>)> {
     if loc.is_dir {
-        return Ok(manifest::live_files(loc).await?.1);
+        let (manifest, files) = manifest::live_files(loc).await?;
+        return Ok((manifest.is_some(), files));
     }
     let meta = loc
         .store
         .head(&loc.path)
         .await
         .map_err(|e| ConnectorError::store(loc.url.to_string(), e))?;
-    Ok(vec![ManifestFile {
-        path: String::new(),
-        size: meta.size,
-        rows: None,
-    }])
+    Ok((
+        false,
+        vec![ManifestFile {
+            path: String::new(),
+            size: meta.size,
+            rows: None,
+        }],
+    ))
 }
 
 /// Spreads files over `n` groups, largest first onto the lightest group.
@@ -262,6 +273,81 @@ fn group_files(mut files: Vec<PartitionedFile>, n: usize) -> Vec<FileGroup> {
         .filter(|(_, f)| !f.is_empty())
         .map(|(_, f)| FileGroup::new(f))
         .collect()
+}
+
+impl FileTable {
+    /// Attaches each file's statistics (row count, sizes, min/max and null
+    /// counts from Parquet footers; unknown for CSV and JSON), which the
+    /// optimizer uses to order joins and to broadcast small sides.
+    ///
+    /// Statistics of immutable files (those a manifest lists) are kept in
+    /// the runtime's file statistics cache, as DataFusion's listing tables
+    /// do; files of a plain directory may be rewritten in place with the
+    /// same size, and exact row counts also answer `count(*)`, so they are
+    /// read again on every scan.
+    async fn with_statistics(
+        &self,
+        state: &dyn Session,
+        files: Vec<PartitionedFile>,
+        immutable: bool,
+    ) -> datafusion::common::Result<Vec<PartitionedFile>> {
+        if !state.config().collect_statistics() {
+            return Ok(files);
+        }
+        let cache = immutable
+            .then(|| state.runtime_env().cache_manager.get_file_statistic_cache())
+            .flatten();
+        let fingerprint = Arc::new(SchemaFingerprint::from_schema(&self.file_schema));
+        let table = TableReference::bare(format!("{}{}", self.loc.store_url, self.loc.path));
+        let concurrency = state
+            .config_options()
+            .execution
+            .meta_fetch_concurrency
+            .get();
+        futures::stream::iter(files)
+            .map(|file| {
+                let cache = cache.clone();
+                let fingerprint = Arc::clone(&fingerprint);
+                let table = table.clone();
+                async move {
+                    let key = TableScopedPath {
+                        table: Some(table),
+                        path: file.object_meta.location.clone(),
+                    };
+                    if let Some(cached) = cache.as_ref().and_then(|c| c.get(&key))
+                        && cached.is_valid_for(&file.object_meta, &fingerprint)
+                    {
+                        return Ok(file.with_statistics(Arc::clone(&cached.statistics)));
+                    }
+                    let meta = self
+                        .config
+                        .format
+                        .infer_stats_and_ordering(
+                            state,
+                            &self.loc.store,
+                            Arc::clone(&self.file_schema),
+                            &file.object_meta,
+                        )
+                        .await?;
+                    let statistics = Arc::new(meta.statistics);
+                    if let Some(cache) = &cache {
+                        cache.put(
+                            &key,
+                            CachedFileMetadata::new(
+                                file.object_meta.clone(),
+                                fingerprint,
+                                Arc::clone(&statistics),
+                                None,
+                            ),
+                        );
+                    }
+                    Ok::<_, DataFusionError>(file.with_statistics(statistics))
+                }
+            })
+            .buffered(concurrency)
+            .try_collect()
+            .await
+    }
 }
 
 #[async_trait]
@@ -298,8 +384,9 @@ impl TableProvider for FileTable {
             Default::default(),
         )?;
 
+        let (immutable, live) = live_files(&self.loc).await?;
         let mut files = vec![];
-        for f in live_files(&self.loc).await? {
+        for f in live {
             let Some(values) = self.partition_values(&f.path)? else {
                 continue;
             };
@@ -323,7 +410,14 @@ impl TableProvider for FileTable {
             };
             return Ok(Arc::new(EmptyExec::new(projected)));
         }
+        let files = self.with_statistics(state, files, immutable).await?;
         let groups = group_files(files, state.config().target_partitions());
+        let (groups, statistics) = compute_all_files_statistics(
+            groups,
+            Arc::clone(&self.schema),
+            state.config().collect_statistics(),
+            false,
+        )?;
         if self.config.max_bad_records > 0 {
             let groups = groups
                 .iter()
@@ -353,6 +447,7 @@ impl TableProvider for FileTable {
             .file_source(Arc::clone(&self.file_schema), self.partition_fields.clone());
         let config = FileScanConfigBuilder::new(self.loc.store_url.clone(), source)
             .with_file_groups(groups)
+            .with_statistics(statistics)
             .with_projection_indices(projection.cloned())?
             .with_limit(limit)
             .build();
