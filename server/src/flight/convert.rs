@@ -68,7 +68,10 @@ pub(crate) fn to_client_batch(
     schema: &SchemaRef,
 ) -> Result<RecordBatch, ArrowError> {
     if batch.schema().fields() == schema.fields() {
-        return batch.clone().with_schema(Arc::clone(schema));
+        // View columns out of joins and filters may pin far larger buffers,
+        // which IPC would send in full.
+        return sluice_shuffle::format::compact_views(batch.clone())
+            .with_schema(Arc::clone(schema));
     }
     let columns: Vec<ArrayRef> = batch
         .columns()
