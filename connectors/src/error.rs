@@ -130,6 +130,22 @@ pub enum ConnectorError {
         /// How many attempts were made.
         attempts: usize,
     },
+    /// A database refused or failed an operation.
+    #[error("{connector} {on}: cannot {action}: {message}{}", if hint.is_empty() { String::new() } else { format!("; {hint}") })]
+    Database {
+        /// Connector name.
+        connector: &'static str,
+        /// `table T at HOST:PORT/DB` or `HOST:PORT/DB`; never a password.
+        on: String,
+        /// What Sluice was doing (`connect`, `read`, `write`, `commit`, ...).
+        action: String,
+        /// The database's message.
+        message: String,
+        /// What to do about it, or empty.
+        hint: String,
+        /// Whether a retry can help.
+        class: ErrorClass,
+    },
     /// Error from DataFusion or arrow.
     #[error(transparent)]
     DataFusion(#[from] DataFusionError),
@@ -154,6 +170,7 @@ impl ConnectorError {
             | Self::UnsupportedWrite { .. }
             | Self::Metadata { .. } => ErrorClass::User,
             Self::Store { .. } | Self::CommitConflict { .. } => ErrorClass::External,
+            Self::Database { class, .. } => *class,
             Self::DataFusion(_) | Self::Internal(_) => ErrorClass::Internal,
         }
     }

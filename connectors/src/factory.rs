@@ -9,11 +9,12 @@ use datafusion::datasource::TableProvider;
 use crate::error::{ConnectorError, Result};
 use crate::file::{FileFormatKind, FileTable, FileTableConfig};
 use crate::options::TableOptions;
+use crate::postgres::{POSTGRES_OPTIONS, PgConnection, PostgresSink, PostgresTable};
 use crate::sink::{Sink, SinkDescriptor, WriteMode};
 use crate::store::{STORE_OPTION_PREFIXES, StoreRegistry};
 
 /// Connectors this build knows.
-pub const CONNECTORS: &[&str] = &["filesystem"];
+pub const CONNECTORS: &[&str] = &["filesystem", "postgres"];
 
 /// Options of the `filesystem` connector (besides `format.*` and store options).
 const FILESYSTEM_OPTIONS: &[&str] = &[
@@ -52,6 +53,16 @@ pub trait ConnectorTable: TableProvider {
 
     /// Names of the partition columns.
     fn partition_columns(&self) -> Vec<String>;
+}
+
+impl ConnectorTable for PostgresTable {
+    fn sink(&self, mode: WriteMode) -> Result<Arc<dyn Sink>> {
+        PostgresTable::sink(self, mode)
+    }
+
+    fn partition_columns(&self) -> Vec<String> {
+        vec![]
+    }
 }
 
 impl ConnectorTable for FileTable {
@@ -93,6 +104,18 @@ impl ConnectorFactory {
                 let kind = self.format_kind(spec)?;
                 FileTableConfig::new(kind, &spec.options, state)?;
                 self.path(spec)?;
+                Ok(())
+            }
+            "postgres" => {
+                spec.options
+                    .check_known("postgres", POSTGRES_OPTIONS, &[])?;
+                if !spec.partition_cols.is_empty() {
+                    return Err(ConnectorError::InvalidOption {
+                        key: "PARTITIONED BY".into(),
+                        reason: "postgres tables are not partitioned by Sluice; remove the clause"
+                            .into(),
+                    });
+                }
                 Ok(())
             }
             other => Err(ConnectorError::UnknownConnector {
@@ -146,6 +169,25 @@ impl ConnectorFactory {
                     desc.mode.clone(),
                 )?))
             }
+            "postgres" => {
+                let conn = PgConnection::from_options(&desc.options, self.stores.secrets())?;
+                let table = desc.options.literal("table")?.ok_or_else(|| {
+                    ConnectorError::MissingOption {
+                        connector: "postgres".into(),
+                        key: "table".into(),
+                        hint: "set 'table' = 'schema.table' to write".into(),
+                    }
+                })?;
+                Ok(Arc::new(PostgresSink::try_new(
+                    desc.name.clone(),
+                    desc.options.clone(),
+                    conn,
+                    table.to_string(),
+                    schema,
+                    desc.primary_key.clone(),
+                    desc.mode.clone(),
+                )?))
+            }
             other => Err(ConnectorError::UnknownConnector {
                 name: other.to_string(),
                 available: CONNECTORS.join(", "),
@@ -176,6 +218,9 @@ impl ConnectorFactory {
                 .await?;
                 Ok(Arc::new(table))
             }
+            "postgres" => Ok(Arc::new(
+                PostgresTable::try_new(spec, self.stores.secrets()).await?,
+            )),
             other => Err(ConnectorError::UnknownConnector {
                 name: other.to_string(),
                 available: CONNECTORS.join(", "),

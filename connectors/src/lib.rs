@@ -11,6 +11,7 @@ pub mod error;
 pub mod factory;
 pub mod file;
 pub mod options;
+pub mod postgres;
 pub mod secrets;
 pub mod sink;
 pub mod store;

@@ -123,6 +123,9 @@ pub struct SinkDescriptor {
     pub options: crate::options::TableOptions,
     /// Hive partition columns, in directory order.
     pub partition_cols: Vec<String>,
+    /// Declared primary key (database sinks upsert on it).
+    #[serde(default)]
+    pub primary_key: Vec<String>,
     /// The write mode.
     pub mode: WriteMode,
 }

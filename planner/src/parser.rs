@@ -245,8 +245,12 @@ fn is_create_table_with(tokens: &[TokenWithSpan]) -> bool {
         i += 1;
     }
     i += 1;
-    // IF NOT EXISTS, then the (possibly dotted) name.
-    while i < toks.len() && matches!(toks[i], Token::Word(_) | Token::Period) {
+    // IF NOT EXISTS, then the (possibly dotted) name; a column list may be
+    // left out, so WITH can follow the name directly.
+    while i < toks.len()
+        && matches!(toks[i], Token::Word(_) | Token::Period)
+        && !matches!(toks[i], Token::Word(w) if w.keyword == Keyword::WITH && w.quote_style.is_none())
+    {
         i += 1;
     }
     let skip_parens = |mut i: usize| -> usize {
@@ -675,6 +679,16 @@ mod tests {
             Some(&OptionValue::Secret("S3_KEY".into()))
         );
         assert_eq!(c.style, DdlStyle::With);
+    }
+
+    #[test]
+    fn create_table_with_may_leave_out_the_columns() {
+        let c = create(
+            "CREATE TABLE IF NOT EXISTS dim.customers WITH ('connector' = 'postgres', 'table' = 'public.c')",
+        );
+        assert_eq!(c.name.to_string(), "dim.customers");
+        assert!(c.columns.is_empty());
+        assert_eq!(c.options.literal("connector").unwrap(), Some("postgres"));
     }
 
     #[test]

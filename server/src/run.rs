@@ -320,7 +320,8 @@ async fn execute(
             if let Some(skipped) = outcome.skipped {
                 tracing::warn!(statement = stmt.index, "{skipped}");
                 report.note = "skipped: already committed".into();
-            } else {
+            } else if outcome.files > 0 {
+                // Database sinks commit rows, not files.
                 report.note = format!("{} files", outcome.files);
             }
         }

@@ -218,6 +218,7 @@ impl Sink for FileSink {
             format: self.shared.kind.name().to_string(),
             options: self.options.clone(),
             partition_cols: self.partition_cols.clone(),
+            primary_key: vec![],
             mode: self.mode.clone(),
         })
     }

@@ -5,6 +5,7 @@
 mod cli;
 mod fault;
 mod flight;
+mod postgres;
 mod s3;
 mod staged;
 mod support;
@@ -38,6 +39,7 @@ fn main() -> ExitCode {
     let mut trials = cli::trials();
     trials.extend(fault::trials());
     trials.extend(s3::trials());
+    trials.extend(postgres::trials());
     trials.extend(staged::trials());
     trials.extend(flight::trials());
     trials.extend(flight::slt_trials(&config, &suites));

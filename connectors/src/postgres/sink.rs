@@ -1,0 +1,729 @@
+//! Writing into a Postgres table through the two-phase sink protocol.
+//!
+//! Each task attempt creates an unlogged staging table shaped like the
+//! target (`_sluice_stage_<hash>`, registered in `_sluice_staging` with a
+//! lease in the same transaction) and fills it with binary
+//! `COPY ... FROM STDIN`. The commit is one transaction on the target:
+//!
+//! ```text
+//! BEGIN;
+//!   lock the target's ledger entry; skip if the job or its run id already committed
+//!   TRUNCATE target (overwrite; DELETE when foreign keys forbid TRUNCATE)
+//!   INSERT INTO target SELECT ... FROM each winning staging table
+//!     (upsert: one INSERT ... ON CONFLICT (key) DO UPDATE, duplicates checked first)
+//!   INSERT INTO _sluice_commits (target, job_id, run_id, ...)
+//! COMMIT;
+//! DROP the staging tables
+//! ```
+//!
+//! The target keeps its OID, so views, grants and foreign keys survive an
+//! overwrite. A failure anywhere before `COMMIT` leaves the target as it
+//! was. Staging tables of a crashed job are dropped by the next job's
+//! `begin` once their lease has expired.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, RecordBatch};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, SchemaRef};
+use async_trait::async_trait;
+use bytes::{BufMut, Bytes, BytesMut};
+use futures::SinkExt;
+use sha2::{Digest, Sha256};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, CopyInSink};
+
+use super::types::{ColumnEncoder, PgKind, pg_kind, type_display};
+use super::{PgConnection, quote_ident, quote_literal, quote_table, split_qualified};
+use crate::error::{ConnectorError, ErrorClass, Result};
+use crate::options::TableOptions;
+use crate::sink::{
+    CommitMessage, CommitOutcome, JobCommit, Sink, SinkDescriptor, SinkWriter, WriteMode,
+};
+
+/// How long a job's staging tables survive without a heartbeat.
+const LEASE_SECONDS: i64 = 600;
+/// Bytes of encoded rows sent to the server at once.
+const SEND_BYTES: usize = 1 << 20;
+/// Advisory lock key serialising creation of the ledger tables.
+const LEDGER_LOCK: i64 = 0x51_1C_E1ED;
+
+/// What to do when the rows of one upsert repeat a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Duplicates {
+    Error,
+    Last,
+}
+
+/// A write into a Postgres table.
+#[derive(Debug)]
+pub struct PostgresSink {
+    name: String,
+    options: TableOptions,
+    conn: PgConnection,
+    table: String,
+    schema: SchemaRef,
+    primary_key: Vec<String>,
+    duplicates: Duplicates,
+    mode: WriteMode,
+}
+
+impl PostgresSink {
+    /// A sink into `table` (`schema.table`) writing rows of `schema`.
+    pub fn try_new(
+        name: String,
+        options: TableOptions,
+        conn: PgConnection,
+        table: String,
+        schema: SchemaRef,
+        primary_key: Vec<String>,
+        mode: WriteMode,
+    ) -> Result<Self> {
+        if !matches!(mode, WriteMode::Append | WriteMode::Overwrite) {
+            return Err(ConnectorError::UnsupportedWrite {
+                target: name,
+                reason: format!(
+                    "postgres tables support INSERT INTO and INSERT OVERWRITE (whole table), \
+                     not {mode}; delete the rows in a 'query' first or write to a file table"
+                ),
+            });
+        }
+        let duplicates = match options.literal("sink.upsert.duplicates")? {
+            None | Some("error") => Duplicates::Error,
+            Some("last") => Duplicates::Last,
+            Some(v) => {
+                return Err(ConnectorError::InvalidOption {
+                    key: "sink.upsert.duplicates".into(),
+                    reason: format!("'{v}' is not 'error' or 'last'"),
+                });
+            }
+        };
+        Ok(Self {
+            name,
+            options,
+            conn,
+            table,
+            schema,
+            primary_key,
+            duplicates,
+            mode,
+        })
+    }
+
+    /// `"schema".` of the target, or empty when the name is unqualified.
+    fn schema_prefix(&self) -> String {
+        let parts = split_qualified(&self.table);
+        if parts.len() > 1 {
+            format!("{}.", quote_ident(&parts[parts.len() - 2]))
+        } else {
+            String::new()
+        }
+    }
+
+    fn ledger(&self) -> String {
+        format!("{}_sluice_commits", self.schema_prefix())
+    }
+
+    fn staging(&self) -> String {
+        format!("{}_sluice_staging", self.schema_prefix())
+    }
+
+    fn stage_table(&self, name: &str) -> String {
+        format!("{}{}", self.schema_prefix(), quote_ident(name))
+    }
+
+    fn err(&self, action: &str, e: tokio_postgres::Error) -> ConnectorError {
+        self.conn.error(Some(&self.table), action, e)
+    }
+
+    async fn ensure_ledger(&self, client: &mut Client) -> Result<()> {
+        let tx = client
+            .transaction()
+            .await
+            .map_err(|e| self.err("prepare the commit ledger of", e))?;
+        tx.batch_execute(&format!(
+            "SELECT pg_advisory_xact_lock({LEDGER_LOCK});
+             CREATE TABLE IF NOT EXISTS {} (
+               target text NOT NULL, job_id text NOT NULL, run_id text, mode text NOT NULL,
+               rows bigint NOT NULL, committed_at timestamptz NOT NULL DEFAULT now(),
+               PRIMARY KEY (target, job_id));
+             CREATE TABLE IF NOT EXISTS {} (
+               stage_table text PRIMARY KEY, job_id text NOT NULL, target text NOT NULL,
+               lease_until timestamptz NOT NULL);",
+            self.ledger(),
+            self.staging()
+        ))
+        .await
+        .map_err(|e| self.err("prepare the commit ledger of", e))?;
+        tx.commit()
+            .await
+            .map_err(|e| self.err("prepare the commit ledger of", e))
+    }
+
+    /// Drops the staging tables listed by `filter` (a condition on `_sluice_staging`).
+    async fn drop_stages(&self, client: &Client, filter: &str) -> Result<usize> {
+        let rows = client
+            .query(
+                &format!("SELECT stage_table FROM {} WHERE {filter}", self.staging()),
+                &[],
+            )
+            .await
+            .map_err(|e| self.err("list the staging tables of", e))?;
+        for row in &rows {
+            let stage: String = row.get(0);
+            client
+                .batch_execute(&format!(
+                    "DROP TABLE IF EXISTS {}; DELETE FROM {} WHERE stage_table = {};",
+                    self.stage_table(&stage),
+                    self.staging(),
+                    quote_literal(&stage)
+                ))
+                .await
+                .map_err(|e| self.err("drop a staging table of", e))?;
+        }
+        Ok(rows.len())
+    }
+
+    /// The database columns the sink's schema writes, with how to encode them.
+    async fn target_columns(&self, client: &Client) -> Result<Vec<(String, PgKind)>> {
+        let stmt = client
+            .prepare(&format!(
+                "SELECT * FROM {} LIMIT 0",
+                quote_table(&self.table)
+            ))
+            .await
+            .map_err(|e| self.err("read the columns of", e))?;
+        self.schema
+            .fields()
+            .iter()
+            .map(|f| {
+                let c = stmt
+                    .columns()
+                    .iter()
+                    .find(|c| c.name() == f.name())
+                    .ok_or_else(|| ConnectorError::SchemaMismatch {
+                        target: format!("postgres table {} at {}", self.table, self.conn),
+                        reason: format!("the database table has no column \"{}\"", f.name()),
+                    })?;
+                let kind = pg_kind(c.type_(), c.type_modifier()).ok_or_else(|| {
+                    ConnectorError::UnsupportedWrite {
+                        target: format!("postgres table {} at {}", self.table, self.conn),
+                        reason: format!(
+                            "column \"{}\" has type {}, which Sluice cannot write",
+                            f.name(),
+                            type_display(c.type_(), c.type_modifier())
+                        ),
+                    }
+                })?;
+                Ok((f.name().clone(), kind))
+            })
+            .collect()
+    }
+}
+
+#[async_trait]
+impl Sink for PostgresSink {
+    fn target(&self) -> String {
+        format!(
+            "{} (postgres table {} at {})",
+            self.name, self.table, self.conn
+        )
+    }
+
+    fn descriptor(&self) -> Result<SinkDescriptor> {
+        Ok(SinkDescriptor {
+            connector: "postgres".into(),
+            name: self.name.clone(),
+            location: String::new(),
+            format: String::new(),
+            options: self.options.clone(),
+            partition_cols: vec![],
+            primary_key: self.primary_key.clone(),
+            mode: self.mode.clone(),
+        })
+    }
+
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn mode(&self) -> &WriteMode {
+        &self.mode
+    }
+
+    async fn begin(&self, _job_id: &str) -> Result<()> {
+        let mut client = self.conn.connect().await?;
+        self.ensure_ledger(&mut client).await?;
+        let swept = self.drop_stages(&client, "lease_until < now()").await?;
+        if swept > 0 {
+            tracing::info!(target = %self.table, swept, "dropped staging tables of expired jobs");
+        }
+        Ok(())
+    }
+
+    async fn heartbeat(&self, job_id: &str) -> Result<()> {
+        let client = self.conn.connect().await?;
+        client
+            .execute(
+                &format!(
+                    "UPDATE {} SET lease_until = now() + make_interval(secs => {LEASE_SECONDS}) \
+                     WHERE job_id = $1",
+                    self.staging()
+                ),
+                &[&job_id],
+            )
+            .await
+            .map_err(|e| self.err("renew the staging lease of", e))?;
+        Ok(())
+    }
+
+    async fn open_writer(
+        &self,
+        job_id: &str,
+        task: u64,
+        attempt: u32,
+    ) -> Result<Box<dyn SinkWriter>> {
+        let mut client = self.conn.connect().await?;
+        let columns = self.target_columns(&client).await?;
+        let digest = Sha256::digest(format!("{job_id}/{task}/{attempt}").as_bytes());
+        let stage: String = format!(
+            "_sluice_stage_{}",
+            digest[..12]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        );
+        let tx = client
+            .transaction()
+            .await
+            .map_err(|e| self.err("create a staging table for", e))?;
+        tx.batch_execute(&format!(
+            "CREATE UNLOGGED TABLE {} (LIKE {} INCLUDING DEFAULTS);
+             INSERT INTO {} VALUES ({}, {}, {}, now() + make_interval(secs => {LEASE_SECONDS}));",
+            self.stage_table(&stage),
+            quote_table(&self.table),
+            self.staging(),
+            quote_literal(&stage),
+            quote_literal(job_id),
+            quote_literal(&self.table),
+        ))
+        .await
+        .map_err(|e| self.err("create a staging table for", e))?;
+        tx.commit()
+            .await
+            .map_err(|e| self.err("create a staging table for", e))?;
+        let names: Vec<String> = columns.iter().map(|(n, _)| quote_ident(n)).collect();
+        let copy = client
+            .copy_in::<_, Bytes>(&format!(
+                "COPY {} ({}) FROM STDIN (FORMAT binary)",
+                self.stage_table(&stage),
+                names.join(", ")
+            ))
+            .await
+            .map_err(|e| self.err("stage rows for", e))?;
+        let mut buf = BytesMut::with_capacity(SEND_BYTES + 64 * 1024);
+        buf.put_slice(b"PGCOPY\n\xff\r\n\0");
+        buf.put_i32(0); // flags
+        buf.put_i32(0); // header extension length
+        Ok(Box::new(PostgresWriter {
+            sink: self.clone_light(),
+            client,
+            copy: Some(Box::pin(copy)),
+            stage,
+            columns,
+            buf,
+            task,
+            attempt,
+            bytes: 0,
+        }))
+    }
+
+    async fn commit(&self, commit: JobCommit) -> Result<CommitOutcome> {
+        let mut client = self.conn.connect().await?;
+        let mut messages = commit.messages.clone();
+        messages.sort_by_key(|m| m.task);
+        let stages: Vec<String> = messages
+            .iter()
+            .map(|m| {
+                m.payload
+                    .get("stage")
+                    .and_then(|s| s.as_str())
+                    .map(str::to_string)
+                    .ok_or_else(|| ConnectorError::Internal("commit message without stage".into()))
+            })
+            .collect::<Result<_>>()?;
+        let target = quote_table(&self.table);
+        let tx = client
+            .transaction()
+            .await
+            .map_err(|e| self.err("commit to", e))?;
+        tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&self.table])
+            .await
+            .map_err(|e| self.err("lock the commit ledger of", e))?;
+        let done = tx
+            .query_opt(
+                &format!(
+                    "SELECT rows FROM {} WHERE target = $1 AND job_id = $2",
+                    self.ledger()
+                ),
+                &[&self.table, &commit.job_id],
+            )
+            .await
+            .map_err(|e| self.err("read the commit ledger of", e))?;
+        if let Some(row) = done {
+            // A retried commit of a job that already committed.
+            drop(tx);
+            self.abort(&commit.job_id).await?;
+            let rows: i64 = row.get(0);
+            return Ok(CommitOutcome {
+                rows: rows as u64,
+                ..Default::default()
+            });
+        }
+        if let Some(run_id) = &commit.run_id
+            && !commit.force
+            && self.mode == WriteMode::Append
+        {
+            let seen = tx
+                .query_opt(
+                    &format!(
+                        "SELECT 1 FROM {} WHERE target = $1 AND run_id = $2 AND mode = 'append'",
+                        self.ledger()
+                    ),
+                    &[&self.table, run_id],
+                )
+                .await
+                .map_err(|e| self.err("read the commit ledger of", e))?;
+            if seen.is_some() {
+                drop(tx);
+                self.abort(&commit.job_id).await?;
+                return Ok(CommitOutcome {
+                    skipped: Some(format!(
+                        "run id {run_id} was already committed to {}; not appended again \
+                         (use --force-rerun to append anyway)",
+                        self.name
+                    )),
+                    ..Default::default()
+                });
+            }
+        }
+        if self.mode == WriteMode::Overwrite {
+            tx.batch_execute("SAVEPOINT sluice_truncate")
+                .await
+                .map_err(|e| self.err("clear", e))?;
+            if let Err(e) = tx.batch_execute(&format!("TRUNCATE {target}")).await {
+                // TRUNCATE refuses tables that foreign keys reference;
+                // DELETE does the same inside the transaction.
+                if e.code() != Some(&SqlState::FEATURE_NOT_SUPPORTED) {
+                    return Err(self.err("clear", e));
+                }
+                tx.batch_execute(&format!(
+                    "ROLLBACK TO SAVEPOINT sluice_truncate; DELETE FROM {target}"
+                ))
+                .await
+                .map_err(|e| self.err("clear", e))?;
+            }
+        }
+        let cols: Vec<String> = self
+            .schema
+            .fields()
+            .iter()
+            .map(|f| quote_ident(f.name()))
+            .collect();
+        let col_list = cols.join(", ");
+        let mut rows = 0u64;
+        if !self.primary_key.is_empty() && self.mode == WriteMode::Append && !stages.is_empty() {
+            let key: Vec<String> = self.primary_key.iter().map(|c| quote_ident(c)).collect();
+            let key_list = key.join(", ");
+            let union = stages
+                .iter()
+                .enumerate()
+                .map(|(k, s)| {
+                    format!(
+                        "SELECT {col_list}, {k} AS _sluice_ord, ctid AS _sluice_row FROM {}",
+                        self.stage_table(s)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(" UNION ALL ");
+            if self.duplicates == Duplicates::Error {
+                let shown = key
+                    .iter()
+                    .map(|k| format!("{k}::text"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let dup = tx
+                    .query_opt(
+                        &format!(
+                            "SELECT concat_ws(', ', {shown}) FROM ({union}) u \
+                             GROUP BY {key_list} HAVING count(*) > 1 LIMIT 1"
+                        ),
+                        &[],
+                    )
+                    .await
+                    .map_err(|e| self.err("check the upsert keys of", e))?;
+                if let Some(row) = dup {
+                    let value: String = row.get(0);
+                    return Err(ConnectorError::Database {
+                        connector: "postgres",
+                        on: format!("table {} at {}", self.table, self.conn),
+                        action: "upsert into".into(),
+                        message: format!(
+                            "the rows written repeat the key ({}) = ({value})",
+                            self.primary_key.join(", ")
+                        ),
+                        hint: "remove duplicate keys in the query, or set \
+                               'sink.upsert.duplicates' = 'last' to keep the last row of each key"
+                            .into(),
+                        class: ErrorClass::User,
+                    });
+                }
+            }
+            let non_key: Vec<&String> = self
+                .schema
+                .fields()
+                .iter()
+                .map(|f| f.name())
+                .filter(|n| !self.primary_key.contains(n))
+                .collect();
+            let action = if non_key.is_empty() {
+                "DO NOTHING".to_string()
+            } else {
+                format!(
+                    "DO UPDATE SET {}",
+                    non_key
+                        .iter()
+                        .map(|c| format!("{0} = EXCLUDED.{0}", quote_ident(c)))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            };
+            rows += tx
+                .execute(
+                    &format!(
+                        "INSERT INTO {target} ({col_list}) \
+                         SELECT DISTINCT ON ({key_list}) {col_list} FROM ({union}) u \
+                         ORDER BY {key_list}, _sluice_ord DESC, _sluice_row DESC \
+                         ON CONFLICT ({key_list}) {action}"
+                    ),
+                    &[],
+                )
+                .await
+                .map_err(|e| self.err("upsert into", e))?;
+        } else {
+            for s in &stages {
+                rows += tx
+                    .execute(
+                        &format!(
+                            "INSERT INTO {target} ({col_list}) SELECT {col_list} FROM {}",
+                            self.stage_table(s)
+                        ),
+                        &[],
+                    )
+                    .await
+                    .map_err(|e| self.err("write", e))?;
+            }
+        }
+        let mode = match self.mode {
+            WriteMode::Append if !self.primary_key.is_empty() => "upsert",
+            WriteMode::Append => "append",
+            _ => "overwrite",
+        };
+        tx.execute(
+            &format!(
+                "INSERT INTO {} (target, job_id, run_id, mode, rows) VALUES ($1, $2, $3, $4, $5)",
+                self.ledger()
+            ),
+            &[
+                &self.table,
+                &commit.job_id,
+                &commit.run_id,
+                &mode,
+                &(rows as i64),
+            ],
+        )
+        .await
+        .map_err(|e| self.err("record the commit of", e))?;
+        tx.commit().await.map_err(|e| self.err("commit to", e))?;
+        if let Err(e) = self
+            .drop_stages(
+                &client,
+                &format!("job_id = {}", quote_literal(&commit.job_id)),
+            )
+            .await
+        {
+            tracing::warn!(target = %self.table, "staging tables left for the sweep: {e}");
+        }
+        Ok(CommitOutcome {
+            rows,
+            bytes: messages.iter().map(|m| m.bytes).sum(),
+            files: 0,
+            skipped: None,
+        })
+    }
+
+    async fn abort(&self, job_id: &str) -> Result<()> {
+        let client = self.conn.connect().await?;
+        match self
+            .drop_stages(&client, &format!("job_id = {}", quote_literal(job_id)))
+            .await
+        {
+            Ok(_) => Ok(()),
+            // The ledger was never created: nothing was staged.
+            Err(ConnectorError::Database { message, .. }) if message.contains("42P01") => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl PostgresSink {
+    fn clone_light(&self) -> Arc<PostgresSink> {
+        Arc::new(PostgresSink {
+            name: self.name.clone(),
+            options: self.options.clone(),
+            conn: self.conn.clone(),
+            table: self.table.clone(),
+            schema: Arc::clone(&self.schema),
+            primary_key: self.primary_key.clone(),
+            duplicates: self.duplicates,
+            mode: self.mode.clone(),
+        })
+    }
+}
+
+/// One task attempt's binary `COPY` into its staging table.
+struct PostgresWriter {
+    sink: Arc<PostgresSink>,
+    client: Client,
+    copy: Option<Pin<Box<CopyInSink<Bytes>>>>,
+    stage: String,
+    columns: Vec<(String, PgKind)>,
+    buf: BytesMut,
+    task: u64,
+    attempt: u32,
+    bytes: u64,
+}
+
+impl PostgresWriter {
+    async fn send(&mut self) -> Result<()> {
+        let chunk = self.buf.split().freeze();
+        self.bytes += chunk.len() as u64;
+        let copy = self.copy.as_mut().expect("copy open until finish");
+        copy.send(chunk)
+            .await
+            .map_err(|e| self.sink.err("stage rows for", e))
+    }
+
+    fn encoders(&self, batch: &RecordBatch) -> Result<Vec<ColumnEncoder>> {
+        self.columns
+            .iter()
+            .map(|(name, kind)| {
+                let array = batch.column_by_name(name).ok_or_else(|| {
+                    ConnectorError::Internal(format!("written batch lacks column {name}"))
+                })?;
+                let array = coerce(array, kind).map_err(|reason| ConnectorError::Database {
+                    connector: "postgres",
+                    on: format!("table {} at {}", self.sink.table, self.sink.conn),
+                    action: format!("write column \"{name}\""),
+                    message: reason,
+                    hint: "cast the value in the query to the column's type".into(),
+                    class: ErrorClass::User,
+                })?;
+                ColumnEncoder::try_new(array, kind).map_err(|reason| ConnectorError::Database {
+                    connector: "postgres",
+                    on: format!("table {} at {}", self.sink.table, self.sink.conn),
+                    action: format!("write column \"{name}\""),
+                    message: reason,
+                    hint: "cast the value in the query to the column's type".into(),
+                    class: ErrorClass::User,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Casts `array` to the Arrow type the column's binary encoding is made from.
+fn coerce(array: &ArrayRef, kind: &PgKind) -> std::result::Result<ArrayRef, String> {
+    let want = kind.data_type();
+    let is_text = matches!(kind, PgKind::Text | PgKind::Jsonb | PgKind::Uuid);
+    let ok = if is_text {
+        matches!(
+            array.data_type(),
+            DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8
+        )
+    } else {
+        array.data_type() == &want
+    };
+    if ok {
+        return Ok(Arc::clone(array));
+    }
+    let cast_to = if is_text { DataType::Utf8 } else { want };
+    let out = cast(array, &cast_to).map_err(|e| e.to_string())?;
+    if out.null_count() > array.null_count() {
+        return Err(format!(
+            "some {} values do not fit the column's type {cast_to}",
+            array.data_type()
+        ));
+    }
+    Ok(out)
+}
+
+#[async_trait]
+impl SinkWriter for PostgresWriter {
+    async fn write(&mut self, batch: RecordBatch) -> Result<()> {
+        let encoders = self.encoders(&batch)?;
+        let ncols = encoders.len() as i16;
+        for row in 0..batch.num_rows() {
+            self.buf.put_i16(ncols);
+            for (enc, (name, _)) in encoders.iter().zip(&self.columns) {
+                enc.encode(row, &mut self.buf)
+                    .map_err(|reason| ConnectorError::Database {
+                        connector: "postgres",
+                        on: format!("table {} at {}", self.sink.table, self.sink.conn),
+                        action: format!("write column \"{name}\""),
+                        message: reason,
+                        hint: "fix the value or cast it in the query".into(),
+                        class: ErrorClass::User,
+                    })?;
+            }
+            if self.buf.len() >= SEND_BYTES {
+                self.send().await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn finish(mut self: Box<Self>) -> Result<CommitMessage> {
+        self.buf.put_i16(-1);
+        self.send().await?;
+        let mut copy = self.copy.take().expect("copy open until finish");
+        let rows = copy
+            .as_mut()
+            .finish()
+            .await
+            .map_err(|e| self.sink.err("stage rows for", e))?;
+        drop(self.client);
+        Ok(CommitMessage {
+            task: self.task,
+            attempt: self.attempt,
+            rows,
+            bytes: self.bytes,
+            payload: serde_json::json!({ "stage": self.stage }),
+        })
+    }
+
+    async fn abort(mut self: Box<Self>) -> Result<()> {
+        // Dropping the unfinished COPY aborts it.
+        self.copy.take();
+        self.client
+            .batch_execute(&format!(
+                "DROP TABLE IF EXISTS {}; DELETE FROM {} WHERE stage_table = {};",
+                self.sink.stage_table(&self.stage),
+                self.sink.staging(),
+                quote_literal(&self.stage)
+            ))
+            .await
+            .map_err(|e| self.sink.err("drop a staging table of", e))
+    }
+}

@@ -1,0 +1,863 @@
+//! Reading a Postgres table or query.
+
+use std::fmt;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions};
+use arrow::compute::{can_cast_types, cast};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use async_trait::async_trait;
+use datafusion::catalog::Session;
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::{Column, DataFusionError, ScalarValue};
+use datafusion::datasource::{TableProvider, TableType};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::{Expr, Operator, TableProviderFilterPushDown};
+use datafusion::physical_expr::{EquivalenceProperties, Partitioning, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
+use datafusion::sql::unparser::Unparser;
+use datafusion::sql::unparser::dialect::PostgreSqlDialect;
+use futures::{StreamExt, TryStreamExt};
+use tokio::sync::{Mutex, OnceCell};
+use tokio_postgres::Client;
+use tokio_postgres::binary_copy::BinaryCopyOutStream;
+use tokio_postgres::types::{FromSql, Type};
+
+use super::types::{ColumnBuilder, PgKind, pg_kind, type_display};
+use super::{PgConnection, quote_ident, quote_literal, quote_table};
+use crate::error::{ConnectorError, ErrorClass, Result};
+use crate::factory::TableSpec;
+use crate::secrets::SecretResolver;
+use crate::sink::{Sink, WriteMode};
+
+/// One column as the database has it and as Sluice exposes it.
+#[derive(Debug, Clone)]
+pub(crate) struct PgColumn {
+    /// Column name in the database.
+    pub(crate) name: String,
+    /// How values travel in binary `COPY`.
+    pub(crate) kind: PgKind,
+    /// The database type, for messages.
+    pub(crate) db_type: String,
+    /// Read as `name::text` (an unmapped type the table opted to read as text).
+    pub(crate) as_text: bool,
+    /// The Arrow type of the table's schema (declared, or mapped from `kind`).
+    pub(crate) data_type: DataType,
+}
+
+/// What a table reads: a table or a query.
+#[derive(Debug, Clone)]
+pub(crate) enum Relation {
+    Table(String),
+    Query(String),
+}
+
+impl Relation {
+    fn from_sql(&self) -> String {
+        match self {
+            Self::Table(t) => quote_table(t),
+            Self::Query(q) => format!("({q}) AS _sluice_q"),
+        }
+    }
+
+    fn label(&self) -> String {
+        match self {
+            Self::Table(t) => t.clone(),
+            Self::Query(_) => "(query)".into(),
+        }
+    }
+}
+
+/// Parallel read settings.
+#[derive(Debug, Clone)]
+struct PartitionSpec {
+    column: String,
+    num: usize,
+    bounds: Option<(i64, i64)>,
+}
+
+/// A Postgres table or query declared with `'connector' = 'postgres'`.
+#[derive(Debug)]
+pub struct PostgresTable {
+    spec: TableSpec,
+    conn: PgConnection,
+    relation: Relation,
+    columns: Vec<PgColumn>,
+    schema: SchemaRef,
+    partition: Option<PartitionSpec>,
+}
+
+impl PostgresTable {
+    /// Connects, reads the columns of the table or query and checks them
+    /// against the declared ones (if any).
+    pub async fn try_new(spec: &TableSpec, secrets: &SecretResolver) -> Result<Self> {
+        let options = &spec.options;
+        let conn = PgConnection::from_options(options, secrets)?;
+        let relation = match (options.literal("table")?, options.literal("query")?) {
+            (Some(t), None) => Relation::Table(t.to_string()),
+            (None, Some(q)) => Relation::Query(q.to_string()),
+            (Some(_), Some(_)) => {
+                return Err(ConnectorError::InvalidOption {
+                    key: "query".into(),
+                    reason: "set either 'table' or 'query', not both".into(),
+                });
+            }
+            (None, None) => {
+                return Err(ConnectorError::MissingOption {
+                    connector: "postgres".into(),
+                    key: "table".into(),
+                    hint: "set 'table' = 'schema.table', or 'query' = 'SELECT ...' for a source"
+                        .into(),
+                });
+            }
+        };
+        let unmapped_as_text = match options.literal("types.unmapped")? {
+            None | Some("error") => false,
+            Some("text") => true,
+            Some(v) => {
+                return Err(ConnectorError::InvalidOption {
+                    key: "types.unmapped".into(),
+                    reason: format!("'{v}' is not 'error' or 'text'"),
+                });
+            }
+        };
+        let partition = partition_spec(options)?;
+        let label = relation.label();
+        let client = conn.connect().await?;
+        let stmt = client
+            .prepare(&format!("SELECT * FROM {} LIMIT 0", relation.from_sql()))
+            .await
+            .map_err(|e| conn.error(Some(&label), "read the columns of", e))?;
+        let mut db_columns = vec![];
+        for c in stmt.columns() {
+            let (kind, as_text) = match pg_kind(c.type_(), c.type_modifier()) {
+                Some(k) => (k, false),
+                None if unmapped_as_text => (PgKind::Text, true),
+                None => {
+                    return Err(ConnectorError::SchemaMismatch {
+                        target: format!("postgres table {label} at {conn}"),
+                        reason: format!(
+                            "column \"{}\" has type {}, which Sluice cannot map; cast it in a \
+                             'query' (e.g. {}::text) or set 'types.unmapped' = 'text'",
+                            c.name(),
+                            type_display(c.type_(), c.type_modifier()),
+                            c.name()
+                        ),
+                    });
+                }
+            };
+            db_columns.push(PgColumn {
+                name: c.name().to_string(),
+                data_type: kind.data_type(),
+                db_type: type_display(c.type_(), c.type_modifier()),
+                kind,
+                as_text,
+            });
+        }
+        let columns = match &spec.columns {
+            None => db_columns,
+            Some(declared) => declared
+                .fields()
+                .iter()
+                .map(|f| {
+                    let db = db_columns
+                        .iter()
+                        .find(|c| &c.name == f.name())
+                        .ok_or_else(|| ConnectorError::SchemaMismatch {
+                            target: format!("postgres table {label} at {conn}"),
+                            reason: format!(
+                                "column \"{}\" is declared but the database has no such column; \
+                                 it has: {}",
+                                f.name(),
+                                db_columns
+                                    .iter()
+                                    .map(|c| c.name.as_str())
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            ),
+                        })?;
+                    let db_type = db.kind.data_type();
+                    if !same_family(&db_type, f.data_type())
+                        || !can_cast_types(&db_type, f.data_type())
+                        || !can_cast_types(f.data_type(), &db_type)
+                    {
+                        return Err(ConnectorError::SchemaMismatch {
+                            target: format!("postgres table {label} at {conn}"),
+                            reason: format!(
+                                "column \"{}\" is declared {} but the database column is {} ({}); \
+                                 declare it as {} or leave the column list out",
+                                f.name(),
+                                f.data_type(),
+                                db.db_type,
+                                db_type,
+                                db_type
+                            ),
+                        });
+                    }
+                    Ok(PgColumn {
+                        data_type: f.data_type().clone(),
+                        ..db.clone()
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?,
+        };
+        if let Some(p) = &partition {
+            if !columns.iter().any(|c| c.name == p.column) {
+                return Err(ConnectorError::InvalidOption {
+                    key: "scan.partition.column".into(),
+                    reason: format!("the table has no column \"{}\"", p.column),
+                });
+            }
+        }
+        let schema = Arc::new(Schema::new(
+            columns
+                .iter()
+                .map(|c| Field::new(&c.name, c.data_type.clone(), true))
+                .collect::<Vec<_>>(),
+        ));
+        Ok(Self {
+            spec: spec.clone(),
+            conn,
+            relation,
+            columns,
+            schema,
+            partition,
+        })
+    }
+
+    /// The declaration this table was opened from.
+    pub fn spec(&self) -> &TableSpec {
+        &self.spec
+    }
+
+    /// A sink writing into this table.
+    pub fn sink(&self, mode: WriteMode) -> Result<Arc<dyn Sink>> {
+        let Relation::Table(table) = &self.relation else {
+            return Err(ConnectorError::UnsupportedWrite {
+                target: self.spec.name.clone(),
+                reason: "the table reads a 'query'; declare 'table' = 'schema.table' to write"
+                    .into(),
+            });
+        };
+        Ok(Arc::new(super::PostgresSink::try_new(
+            self.spec.name.clone(),
+            self.spec.options.clone(),
+            self.conn.clone(),
+            table.clone(),
+            Arc::clone(&self.schema),
+            self.spec.primary_key.clone(),
+            mode,
+        )?))
+    }
+
+    async fn partition_ranges(&self, client: &Client) -> Result<Vec<Option<String>>> {
+        let Some(p) = &self.partition else {
+            return Ok(vec![None]);
+        };
+        let col = quote_ident(&p.column);
+        let (lo, hi) = match p.bounds {
+            Some(b) => b,
+            None => {
+                let row = client
+                    .query_one(
+                        &format!(
+                            "SELECT min({col})::bigint, max({col})::bigint FROM {}",
+                            self.relation.from_sql()
+                        ),
+                        &[],
+                    )
+                    .await
+                    .map_err(|e| {
+                        self.conn.error(
+                            Some(&self.relation.label()),
+                            "find the partition bounds of",
+                            e,
+                        )
+                    })?;
+                match (row.get::<_, Option<i64>>(0), row.get::<_, Option<i64>>(1)) {
+                    (Some(lo), Some(hi)) => (lo, hi),
+                    _ => return Ok(vec![None]),
+                }
+            }
+        };
+        let n = p.num.max(1) as i128;
+        let span = (hi as i128 - lo as i128 + 1).max(1);
+        let n = n.min(span);
+        let cut = |i: i128| (lo as i128 + span * i / n) as i64;
+        let mut ranges = vec![];
+        for i in 0..n {
+            let mut conds = vec![];
+            if i > 0 {
+                conds.push(format!("{col} >= {}", cut(i)));
+            }
+            if i + 1 < n {
+                conds.push(format!("{col} < {}", cut(i + 1)));
+            }
+            let mut cond = conds.join(" AND ");
+            if i == 0 {
+                cond = if cond.is_empty() {
+                    "TRUE".into()
+                } else {
+                    format!("({cond} OR {col} IS NULL)")
+                };
+            }
+            ranges.push(Some(cond));
+        }
+        Ok(ranges)
+    }
+}
+
+/// Whether a declared type may stand for a database column's type: the
+/// same kind of value (integers for integers, text for text, ...), perhaps
+/// of another width or unit. Values are cast; a value that does not fit is
+/// an error when it is read or written.
+fn same_family(a: &DataType, b: &DataType) -> bool {
+    use DataType::*;
+    fn family(t: &DataType) -> u8 {
+        match t {
+            Int8 | Int16 | Int32 | Int64 | UInt8 | UInt16 | UInt32 | UInt64 => 1,
+            Float16 | Float32 | Float64 => 2,
+            Decimal32(..) | Decimal64(..) | Decimal128(..) | Decimal256(..) => 3,
+            Utf8 | LargeUtf8 | Utf8View => 4,
+            Binary | LargeBinary | BinaryView | FixedSizeBinary(_) => 5,
+            Date32 | Date64 => 6,
+            Time32(_) | Time64(_) => 7,
+            Timestamp(_, None) => 8,
+            Timestamp(_, Some(_)) => 9,
+            Interval(_) | Duration(_) => 10,
+            Boolean => 11,
+            List(_) | LargeList(_) | ListView(_) | FixedSizeList(..) => 12,
+            _ => 0,
+        }
+    }
+    match (a, b) {
+        (List(x), List(y)) => same_family(x.data_type(), y.data_type()),
+        _ => a == b || (family(a) != 0 && family(a) == family(b)),
+    }
+}
+
+fn partition_spec(options: &crate::options::TableOptions) -> Result<Option<PartitionSpec>> {
+    let Some(column) = options.literal("scan.partition.column")? else {
+        for key in [
+            "scan.partition.num",
+            "scan.partition.lower-bound",
+            "scan.partition.upper-bound",
+        ] {
+            if options.get(key).is_some() {
+                return Err(ConnectorError::InvalidOption {
+                    key: key.into(),
+                    reason: "needs 'scan.partition.column' (a numeric or date column)".into(),
+                });
+            }
+        }
+        return Ok(None);
+    };
+    let int = |key: &str| -> Result<Option<i64>> {
+        options
+            .literal(key)?
+            .map(|v| {
+                v.trim()
+                    .parse::<i64>()
+                    .map_err(|_| ConnectorError::InvalidOption {
+                        key: key.into(),
+                        reason: format!("'{v}' is not an integer"),
+                    })
+            })
+            .transpose()
+    };
+    let num = int("scan.partition.num")?.unwrap_or(4);
+    if !(1..=1024).contains(&num) {
+        return Err(ConnectorError::InvalidOption {
+            key: "scan.partition.num".into(),
+            reason: format!("{num} is not between 1 and 1024"),
+        });
+    }
+    let bounds = match (
+        int("scan.partition.lower-bound")?,
+        int("scan.partition.upper-bound")?,
+    ) {
+        (Some(lo), Some(hi)) if lo <= hi => Some((lo, hi)),
+        (None, None) => None,
+        _ => {
+            return Err(ConnectorError::InvalidOption {
+                key: "scan.partition.lower-bound".into(),
+                reason: "set both bounds, lower <= upper, or neither (then min and max are read)"
+                    .into(),
+            });
+        }
+    };
+    Ok(Some(PartitionSpec {
+        column: column.to_string(),
+        num: num as usize,
+        bounds,
+    }))
+}
+
+/// Whether `expr` can be evaluated by Postgres exactly as DataFusion would.
+fn pushable(expr: &Expr) -> bool {
+    match expr {
+        Expr::Column(_) => true,
+        Expr::Literal(v, _) => matches!(
+            v,
+            ScalarValue::Boolean(_)
+                | ScalarValue::Int8(_)
+                | ScalarValue::Int16(_)
+                | ScalarValue::Int32(_)
+                | ScalarValue::Int64(_)
+                | ScalarValue::UInt8(_)
+                | ScalarValue::UInt16(_)
+                | ScalarValue::UInt32(_)
+                | ScalarValue::Float32(_)
+                | ScalarValue::Float64(_)
+                | ScalarValue::Decimal128(..)
+                | ScalarValue::Utf8(_)
+                | ScalarValue::Utf8View(_)
+                | ScalarValue::LargeUtf8(_)
+                | ScalarValue::Date32(_)
+        ),
+        Expr::BinaryExpr(b) => {
+            let ordering = matches!(
+                b.op,
+                Operator::Lt | Operator::LtEq | Operator::Gt | Operator::GtEq
+            );
+            let logical = matches!(
+                b.op,
+                Operator::Eq | Operator::NotEq | Operator::And | Operator::Or
+            );
+            // Text ordering depends on the database's collation; only
+            // equality is pushed for strings.
+            (logical || (ordering && !is_string(&b.left) && !is_string(&b.right)))
+                && pushable(&b.left)
+                && pushable(&b.right)
+        }
+        Expr::Not(e) | Expr::IsNull(e) | Expr::IsNotNull(e) => pushable(e),
+        Expr::InList(l) => pushable(&l.expr) && l.list.iter().all(pushable),
+        Expr::Between(b) => {
+            !is_string(&b.low) && pushable(&b.expr) && pushable(&b.low) && pushable(&b.high)
+        }
+        Expr::Like(l) => l.escape_char.is_none() && pushable(&l.expr) && pushable(&l.pattern),
+        _ => false,
+    }
+}
+
+fn is_string(e: &Expr) -> bool {
+    matches!(
+        e,
+        Expr::Literal(
+            ScalarValue::Utf8(_) | ScalarValue::Utf8View(_) | ScalarValue::LargeUtf8(_),
+            _
+        )
+    )
+}
+
+/// SQL text of a pushable filter, with unqualified column names.
+fn filter_sql(expr: &Expr) -> Option<String> {
+    let expr = expr
+        .clone()
+        .transform(|e| match e {
+            Expr::Column(c) => Ok(Transformed::yes(Expr::Column(Column::new_unqualified(
+                c.name,
+            )))),
+            e => Ok(Transformed::no(e)),
+        })
+        .ok()?
+        .data;
+    let dialect = PostgreSqlDialect {};
+    Unparser::new(&dialect)
+        .expr_to_sql(&expr)
+        .ok()
+        .map(|e| e.to_string())
+}
+
+#[async_trait]
+impl TableProvider for PostgresTable {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> datafusion::error::Result<Vec<TableProviderFilterPushDown>> {
+        Ok(filters
+            .iter()
+            .map(|f| {
+                if pushable(f) && filter_sql(f).is_some() {
+                    // DataFusion re-checks the rows: Postgres may differ in
+                    // corner cases (NaN, collations of `LIKE`).
+                    TableProviderFilterPushDown::Inexact
+                } else {
+                    TableProviderFilterPushDown::Unsupported
+                }
+            })
+            .collect())
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        let indices: Vec<usize> = match projection {
+            Some(p) => p.clone(),
+            None => (0..self.columns.len()).collect(),
+        };
+        let columns: Vec<PgColumn> = indices.iter().map(|i| self.columns[*i].clone()).collect();
+        let schema = Arc::new(self.schema.project(&indices)?);
+        let select = columns
+            .iter()
+            .map(|c| {
+                if c.as_text {
+                    format!("{}::text", quote_ident(&c.name))
+                } else {
+                    quote_ident(&c.name)
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let pushed: Vec<String> = filters
+            .iter()
+            .filter(|f| pushable(f))
+            .filter_map(filter_sql)
+            .collect();
+        let client = self.conn.connect().await?;
+        let ranges = self.partition_ranges(&client).await?;
+        drop(client);
+        let queries = ranges
+            .iter()
+            .map(|range| {
+                let mut conds = pushed.clone();
+                conds.extend(range.clone());
+                let mut sql = format!("SELECT {select} FROM {}", self.relation.from_sql());
+                if !conds.is_empty() {
+                    sql.push_str(" WHERE ");
+                    sql.push_str(
+                        &conds
+                            .iter()
+                            .map(|c| format!("({c})"))
+                            .collect::<Vec<_>>()
+                            .join(" AND "),
+                    );
+                }
+                if let (Some(n), true) = (limit, filters.is_empty()) {
+                    sql.push_str(&format!(" LIMIT {n}"));
+                }
+                sql
+            })
+            .collect();
+        Ok(Arc::new(PostgresScanExec::new(
+            self.conn.clone(),
+            self.relation.label(),
+            columns,
+            schema,
+            queries,
+            pushed,
+            state.config().batch_size(),
+        )))
+    }
+}
+
+/// Reads rows of a Postgres table or query through binary `COPY`, one
+/// query per output partition. With several partitions, all readers share
+/// one snapshot exported by a coordinating session.
+pub struct PostgresScanExec {
+    conn: PgConnection,
+    label: String,
+    columns: Vec<PgColumn>,
+    schema: SchemaRef,
+    queries: Vec<String>,
+    pushed: Vec<String>,
+    batch_size: usize,
+    snapshot: Arc<Snapshot>,
+    properties: Arc<PlanProperties>,
+}
+
+/// The session whose exported snapshot the readers import; kept open for
+/// as long as the plan lives, so a retried partition can still import it.
+#[derive(Default)]
+struct Snapshot {
+    id: OnceCell<String>,
+    holder: Mutex<Option<Client>>,
+}
+
+impl fmt::Debug for PostgresScanExec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresScanExec")
+            .field("table", &self.label)
+            .field("queries", &self.queries)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresScanExec {
+    fn new(
+        conn: PgConnection,
+        label: String,
+        columns: Vec<PgColumn>,
+        schema: SchemaRef,
+        queries: Vec<String>,
+        pushed: Vec<String>,
+        batch_size: usize,
+    ) -> Self {
+        let properties = Arc::new(PlanProperties::new(
+            EquivalenceProperties::new(Arc::clone(&schema)),
+            Partitioning::UnknownPartitioning(queries.len()),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        ));
+        Self {
+            conn,
+            label,
+            columns,
+            schema,
+            queries,
+            pushed,
+            batch_size,
+            snapshot: Arc::default(),
+            properties,
+        }
+    }
+
+    /// The SQL each partition runs.
+    pub fn queries(&self) -> &[String] {
+        &self.queries
+    }
+}
+
+impl DisplayAs for PostgresScanExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let cols: Vec<&str> = self.columns.iter().map(|c| c.name.as_str()).collect();
+        write!(
+            f,
+            "PostgresScanExec: table={} at {}, columns=[{}]",
+            self.label,
+            self.conn,
+            cols.join(", ")
+        )?;
+        if !self.pushed.is_empty() {
+            write!(f, ", filters=[{}]", self.pushed.join(" AND "))?;
+        }
+        write!(f, ", partitions={}", self.queries.len())
+    }
+}
+
+/// A field of a binary `COPY` row, whatever its type.
+struct RawField<'a>(Option<&'a [u8]>);
+
+impl<'a> FromSql<'a> for RawField<'a> {
+    fn from_sql(
+        _ty: &Type,
+        raw: &'a [u8],
+    ) -> std::result::Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(Self(Some(raw)))
+    }
+
+    fn from_sql_null(
+        _ty: &Type,
+    ) -> std::result::Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(Self(None))
+    }
+
+    fn accepts(_ty: &Type) -> bool {
+        true
+    }
+}
+
+impl ExecutionPlan for PostgresScanExec {
+    fn name(&self) -> &str {
+        "PostgresScanExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> datafusion::common::Result<TreeNodeRecursion>,
+    ) -> datafusion::common::Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![]
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        _children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        _context: Arc<TaskContext>,
+    ) -> datafusion::error::Result<SendableRecordBatchStream> {
+        let sql = self.queries.get(partition).cloned().ok_or_else(|| {
+            DataFusionError::Internal(format!("PostgresScanExec has no partition {partition}"))
+        })?;
+        let copy = format!("COPY ({sql}) TO STDOUT (FORMAT binary)");
+        let conn = self.conn.clone();
+        let label = self.label.clone();
+        let columns = self.columns.clone();
+        let schema = Arc::clone(&self.schema);
+        let batch_size = self.batch_size;
+        let snapshot = (self.queries.len() > 1).then(|| Arc::clone(&self.snapshot));
+        let open = async move {
+            let client = conn.connect().await?;
+            if let Some(snapshot) = snapshot {
+                let id = snapshot
+                    .id
+                    .get_or_try_init(|| export_snapshot(&conn, &snapshot))
+                    .await?;
+                client
+                    .batch_execute(&format!(
+                        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; \
+                         SET TRANSACTION SNAPSHOT {}",
+                        quote_literal(id)
+                    ))
+                    .await
+                    .map_err(|e| conn.error(Some(&label), "import the shared snapshot for", e))?;
+            }
+            let types: Vec<Type> = columns.iter().map(|_| Type::UNKNOWN).collect();
+            let out = client
+                .copy_out(copy.as_str())
+                .await
+                .map_err(|e| conn.error(Some(&label), "read", e))?;
+            let rows = BinaryCopyOutStream::new(out, &types);
+            Ok::<_, ConnectorError>(batches(
+                rows, client, conn, label, columns, schema, batch_size,
+            ))
+        };
+        let stream = futures::stream::once(open)
+            .map_err(DataFusionError::from)
+            .try_flatten();
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            Arc::clone(&self.schema),
+            stream,
+        )))
+    }
+}
+
+async fn export_snapshot(conn: &PgConnection, snapshot: &Snapshot) -> Result<String> {
+    let client = conn.connect().await?;
+    let row = client
+        .simple_query(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SELECT pg_export_snapshot()",
+        )
+        .await
+        .map_err(|e| conn.error(None, "export a snapshot", e))?;
+    let id = row
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .ok_or_else(|| ConnectorError::Internal("pg_export_snapshot returned no row".into()))?;
+    *snapshot.holder.lock().await = Some(client);
+    Ok(id)
+}
+
+/// Groups decoded rows into batches of `batch_size`.
+fn batches(
+    rows: BinaryCopyOutStream,
+    client: Client,
+    conn: PgConnection,
+    label: String,
+    columns: Vec<PgColumn>,
+    schema: SchemaRef,
+    batch_size: usize,
+) -> impl futures::Stream<Item = datafusion::error::Result<RecordBatch>> + Send {
+    struct State {
+        rows: std::pin::Pin<Box<BinaryCopyOutStream>>,
+        // Keeps the session open while rows stream.
+        _client: Client,
+        builders: Vec<ColumnBuilder>,
+        done: bool,
+    }
+    let builders = columns
+        .iter()
+        .map(|c| ColumnBuilder::new(&c.kind, batch_size))
+        .collect();
+    let state = State {
+        rows: Box::pin(rows),
+        _client: client,
+        builders,
+        done: false,
+    };
+    futures::stream::try_unfold(state, move |mut st| {
+        let conn = conn.clone();
+        let label = label.clone();
+        let columns = columns.clone();
+        let schema = Arc::clone(&schema);
+        async move {
+            if st.done {
+                return Ok(None);
+            }
+            let mut n = 0;
+            while n < batch_size {
+                match st.rows.next().await {
+                    Some(Ok(row)) => {
+                        for (i, b) in st.builders.iter_mut().enumerate() {
+                            let field: RawField<'_> = row.try_get(i).map_err(|e| {
+                                DataFusionError::from(conn.error(Some(&label), "read", e))
+                            })?;
+                            b.append(field.0).map_err(|reason| {
+                                DataFusionError::from(ConnectorError::Database {
+                                    connector: "postgres",
+                                    on: format!("table {label} at {conn}"),
+                                    action: format!("read column \"{}\"", columns[i].name),
+                                    message: reason,
+                                    hint: "cast the column in a 'query', or declare a type that \
+                                           holds its values"
+                                        .into(),
+                                    class: ErrorClass::User,
+                                })
+                            })?;
+                        }
+                        n += 1;
+                    }
+                    Some(Err(e)) => {
+                        return Err(conn.error(Some(&label), "read", e).into());
+                    }
+                    None => {
+                        st.done = true;
+                        break;
+                    }
+                }
+            }
+            if n == 0 {
+                return Ok(None);
+            }
+            let arrays = st
+                .builders
+                .iter_mut()
+                .zip(&columns)
+                .map(|(b, c)| {
+                    let a = b.finish();
+                    if a.data_type() == &c.data_type {
+                        Ok(a)
+                    } else {
+                        cast(&a, &c.data_type).map_err(DataFusionError::from)
+                    }
+                })
+                .collect::<datafusion::error::Result<Vec<ArrayRef>>>()?;
+            let batch = RecordBatch::try_new_with_options(
+                schema,
+                arrays,
+                &RecordBatchOptions::new().with_row_count(Some(n)),
+            )?;
+            Ok(Some((batch, st)))
+        }
+    })
+}
