@@ -92,6 +92,23 @@ impl ConnectorFactory {
         &self.stores
     }
 
+    /// Checks the options of `CREATE CONNECTION ... WITH ('type' = kind, ...)`:
+    /// those a table of that connector accepts.
+    pub fn validate_connection(&self, kind: &str, options: &TableOptions) -> Result<()> {
+        match kind {
+            "filesystem" => options.check_known(
+                "filesystem",
+                FILESYSTEM_OPTIONS,
+                &[&["format."][..], STORE_OPTION_PREFIXES].concat(),
+            ),
+            "postgres" => options.check_known("postgres", POSTGRES_OPTIONS, &[]),
+            other => Err(ConnectorError::UnknownConnector {
+                name: other.to_string(),
+                available: CONNECTORS.join(", "),
+            }),
+        }
+    }
+
     /// Checks a declaration's options without touching any data.
     pub fn validate(&self, spec: &TableSpec, state: &dyn Session) -> Result<()> {
         match spec.connector.as_str() {

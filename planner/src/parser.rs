@@ -104,8 +104,30 @@ pub enum SluiceStatement {
     },
     /// `INSERT INTO | OVERWRITE ...`.
     Insert(Box<Insert>),
+    /// `CREATE [OR REPLACE] CONNECTION [IF NOT EXISTS] name WITH (...)`.
+    CreateConnection(Box<CreateConnection>),
+    /// `DROP CONNECTION [IF EXISTS] name`.
+    DropConnection {
+        /// Connection name.
+        name: String,
+        /// `IF EXISTS`.
+        if_exists: bool,
+    },
     /// Anything DataFusion plans by itself (queries, views, SHOW, DESCRIBE, EXPLAIN...).
     DataFusion(Box<DfStatement>),
+}
+
+/// A named connection that tables reference with `'connection' = 'name'`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CreateConnection {
+    /// Connection name.
+    pub name: String,
+    /// `OR REPLACE`.
+    pub or_replace: bool,
+    /// `IF NOT EXISTS`.
+    pub if_not_exists: bool,
+    /// Options, including `type` (the connector).
+    pub options: TableOptions,
 }
 
 impl SluiceStatement {
@@ -163,6 +185,14 @@ pub fn parse_statement(sql: &str) -> Result<SluiceStatement> {
             let mut p = Parser::new(&dialect).with_tokens_with_locations(tokens);
             parse_create_external(&mut p).map(|c| SluiceStatement::CreateTable(Box::new(c)))
         }
+        Keyword::CREATE if is_connection(&words) => {
+            let mut p = Parser::new(&dialect).with_tokens_with_locations(tokens);
+            parse_create_connection(&mut p).map(|c| SluiceStatement::CreateConnection(Box::new(c)))
+        }
+        Keyword::DROP if second == Keyword::CONNECTION => {
+            let mut p = Parser::new(&dialect).with_tokens_with_locations(tokens);
+            parse_drop_connection(&mut p)
+        }
         Keyword::CREATE if is_create_table_with(&tokens) => {
             let mut p = Parser::new(&dialect).with_tokens_with_locations(tokens);
             parse_create_with(&mut p).map(|c| SluiceStatement::CreateTable(Box::new(c)))
@@ -214,6 +244,50 @@ fn parse_with_datafusion(sql: &str) -> Result<SluiceStatement> {
         },
         other => SluiceStatement::DataFusion(Box::new(other)),
     })
+}
+
+/// `CREATE [OR REPLACE] CONNECTION`.
+fn is_connection(words: &[(Keyword, String)]) -> bool {
+    words
+        .iter()
+        .skip(1)
+        .find(|(k, _)| !matches!(k, Keyword::OR | Keyword::REPLACE))
+        .is_some_and(|(k, _)| *k == Keyword::CONNECTION)
+}
+
+fn parse_create_connection(p: &mut Parser<'_>) -> Result<CreateConnection> {
+    p.expect_keyword(Keyword::CREATE).map_err(syntax)?;
+    let or_replace = p.parse_keywords(&[Keyword::OR, Keyword::REPLACE]);
+    p.expect_keyword(Keyword::CONNECTION).map_err(syntax)?;
+    let if_not_exists = p.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
+    let name = p.parse_identifier().map_err(syntax)?.value;
+    let with = p.peek_token();
+    if !p.parse_keyword(Keyword::WITH) {
+        return Err(syntax_at(
+            format!(
+                "expected WITH ('type' = 'postgres', 'url' = '...') after CREATE CONNECTION {name}, \
+                 found {with}"
+            ),
+            &with,
+        ));
+    }
+    let options = parse_options(p)?;
+    expect_end(p)?;
+    Ok(CreateConnection {
+        name,
+        or_replace,
+        if_not_exists,
+        options,
+    })
+}
+
+fn parse_drop_connection(p: &mut Parser<'_>) -> Result<SluiceStatement> {
+    p.expect_keyword(Keyword::DROP).map_err(syntax)?;
+    p.expect_keyword(Keyword::CONNECTION).map_err(syntax)?;
+    let if_exists = p.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
+    let name = p.parse_identifier().map_err(syntax)?.value;
+    expect_end(p)?;
+    Ok(SluiceStatement::DropConnection { name, if_exists })
 }
 
 /// `CREATE [OR REPLACE] [UNBOUNDED] EXTERNAL TABLE`.
@@ -679,6 +753,34 @@ mod tests {
             Some(&OptionValue::Secret("S3_KEY".into()))
         );
         assert_eq!(c.style, DdlStyle::With);
+    }
+
+    #[test]
+    fn parses_connections() {
+        match parse_statement(
+            "CREATE OR REPLACE CONNECTION pg WITH ('type' = 'postgres', 'password' = secret('PG_PW'))",
+        )
+        .unwrap()
+        {
+            SluiceStatement::CreateConnection(c) => {
+                assert_eq!(c.name, "pg");
+                assert!(c.or_replace);
+                assert_eq!(
+                    c.options.get("password"),
+                    Some(&OptionValue::Secret("PG_PW".into()))
+                );
+            }
+            other => panic!("not a connection: {other:?}"),
+        }
+        assert!(matches!(
+            parse_statement("DROP CONNECTION IF EXISTS pg").unwrap(),
+            SluiceStatement::DropConnection {
+                if_exists: true,
+                ..
+            }
+        ));
+        let e = parse_statement("CREATE CONNECTION pg ('type' = 'postgres')").unwrap_err();
+        assert!(e.to_string().contains("expected WITH"), "{e}");
     }
 
     #[test]

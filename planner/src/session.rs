@@ -132,6 +132,9 @@ pub struct SluiceSession {
     /// Identity for run ids; `None` disables them (clients that do not say
     /// which script and statement they run).
     run: Mutex<Option<RunContext>>,
+    /// `CREATE CONNECTION` declarations of this session: options (secrets
+    /// as references) that tables naming the connection inherit.
+    connections: Mutex<BTreeMap<String, TableOptions>>,
 }
 
 /// A table bound in a session: the DDL it was bound from, and the table.
@@ -189,6 +192,7 @@ impl SluiceSession {
             tables: Mutex::new(HashMap::new()),
             warehouse: None,
             run: Mutex::new(Some(run)),
+            connections: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -418,6 +422,10 @@ impl SluiceSession {
             SluiceStatement::ShowCreateTable(name) => self.show_create_table(&name).await,
             SluiceStatement::Set { key, value } => self.set(&key, &value),
             SluiceStatement::Insert(insert) => self.plan_insert(*insert, index).await,
+            SluiceStatement::CreateConnection(c) => self.create_connection(*c),
+            SluiceStatement::DropConnection { name, if_exists } => {
+                self.drop_connection(&name, if_exists)
+            }
             SluiceStatement::Copy(copy) => self.plan_copy(*copy).await,
             SluiceStatement::DataFusion(stmt) => self.plan_datafusion(*stmt, index, dry_run).await,
         }
@@ -448,6 +456,125 @@ impl SluiceSession {
         })
     }
 
+    fn create_connection(&self, c: crate::parser::CreateConnection) -> Result<Planned> {
+        let name = c.name.to_lowercase();
+        let mut options = c.options;
+        let kind = match options.remove("type") {
+            Some(sluice_connectors::OptionValue::Literal(v)) => v.to_ascii_lowercase(),
+            Some(_) => {
+                return Err(sluice_connectors::ConnectorError::InvalidOption {
+                    key: "type".into(),
+                    reason: "the connection type cannot be a secret".into(),
+                }
+                .into());
+            }
+            None => {
+                return Err(sluice_connectors::ConnectorError::MissingOption {
+                    connector: "connection".into(),
+                    key: "type".into(),
+                    hint: format!(
+                        "add 'type' = '...' to the WITH clause; available: {}",
+                        sluice_connectors::factory::CONNECTORS.join(", ")
+                    ),
+                }
+                .into());
+            }
+        };
+        self.factory.validate_connection(&kind, &options)?;
+        options.insert_literal("connector", kind);
+        let mut connections = self.connections.lock().expect("connections lock");
+        if connections.contains_key(&name) && !c.or_replace {
+            if c.if_not_exists {
+                return Ok(Planned::Done {
+                    kind: StatementKind::Ddl,
+                    target: Some(name.clone()),
+                    message: format!("connection {name} exists; skipped"),
+                });
+            }
+            return Err(PlannerError::Unsupported {
+                what: format!("CREATE CONNECTION {name}: the connection already exists"),
+                hint: "use CREATE OR REPLACE CONNECTION, or CREATE CONNECTION IF NOT EXISTS".into(),
+            });
+        }
+        connections.insert(name.clone(), options);
+        Ok(Planned::Done {
+            kind: StatementKind::Ddl,
+            target: Some(name.clone()),
+            message: format!("created connection {name}"),
+        })
+    }
+
+    fn drop_connection(&self, name: &str, if_exists: bool) -> Result<Planned> {
+        let name = name.to_lowercase();
+        let removed = self
+            .connections
+            .lock()
+            .expect("connections lock")
+            .remove(&name)
+            .is_some();
+        if !removed && !if_exists {
+            return Err(PlannerError::Unsupported {
+                what: format!("DROP CONNECTION {name}: no such connection"),
+                hint: "use DROP CONNECTION IF EXISTS".into(),
+            });
+        }
+        Ok(Planned::Done {
+            kind: StatementKind::Ddl,
+            target: Some(name.clone()),
+            message: format!("dropped connection {name}"),
+        })
+    }
+
+    /// Table options with those of the named connection (`'connection' =
+    /// 'name'`) filled in; the table's own options win.
+    fn with_connection(&self, mut options: TableOptions) -> Result<TableOptions> {
+        let Some(value) = options.remove("connection") else {
+            return Ok(options);
+        };
+        let sluice_connectors::OptionValue::Literal(conn) = value else {
+            return Err(sluice_connectors::ConnectorError::InvalidOption {
+                key: "connection".into(),
+                reason: "the connection name cannot be a secret".into(),
+            }
+            .into());
+        };
+        let connections = self.connections.lock().expect("connections lock");
+        let Some(inherited) = connections.get(&conn.to_lowercase()) else {
+            let known: Vec<&str> = connections.keys().map(String::as_str).collect();
+            return Err(sluice_connectors::ConnectorError::InvalidOption {
+                key: "connection".into(),
+                reason: format!(
+                    "no connection named '{conn}' (declared: {}); declare it first with \
+                     CREATE CONNECTION {conn} WITH ('type' = ..., ...)",
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            }
+            .into());
+        };
+        if let (Some(table), Some(kind)) = (
+            options.literal("connector")?,
+            inherited.literal("connector")?,
+        ) && !table.eq_ignore_ascii_case(kind)
+        {
+            return Err(sluice_connectors::ConnectorError::InvalidOption {
+                key: "connection".into(),
+                reason: format!(
+                    "connection '{conn}' is of type '{kind}' but the table's connector is '{table}'"
+                ),
+            }
+            .into());
+        }
+        let mut merged = inherited.clone();
+        for (k, v) in options.iter() {
+            merged.insert(k.clone(), v.clone());
+        }
+        Ok(merged)
+    }
+
     async fn create_table(&self, c: CreateTable) -> Result<Planned> {
         let name = table_name(&c.name)?;
         if !c.or_replace && self.table_entry(&name).await?.is_some() {
@@ -460,7 +587,7 @@ impl SluiceSession {
             }
             return Err(PlannerError::TableExists { name });
         }
-        let mut options = c.options.clone();
+        let mut options = self.with_connection(c.options.clone())?;
         let connector = match options.remove("connector") {
             Some(sluice_connectors::OptionValue::Literal(v)) => v.to_ascii_lowercase(),
             Some(_) => {

@@ -47,7 +47,7 @@ const LEASE_SECONDS: i64 = 600;
 /// Bytes of encoded rows sent to the server at once.
 const SEND_BYTES: usize = 1 << 20;
 /// Advisory lock key serialising creation of the ledger tables.
-const LEDGER_LOCK: i64 = 0x51_1C_E1ED;
+const LEDGER_LOCK: i64 = 0x511C_E1ED;
 
 /// What to do when the rows of one upsert repeat a key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

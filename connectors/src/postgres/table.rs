@@ -55,7 +55,7 @@ pub(crate) enum Relation {
 }
 
 impl Relation {
-    fn from_sql(&self) -> String {
+    fn sql_source(&self) -> String {
         match self {
             Self::Table(t) => quote_table(t),
             Self::Query(q) => format!("({q}) AS _sluice_q"),
@@ -127,7 +127,7 @@ impl PostgresTable {
         let label = relation.label();
         let client = conn.connect().await?;
         let stmt = client
-            .prepare(&format!("SELECT * FROM {} LIMIT 0", relation.from_sql()))
+            .prepare(&format!("SELECT * FROM {} LIMIT 0", relation.sql_source()))
             .await
             .map_err(|e| conn.error(Some(&label), "read the columns of", e))?;
         let mut db_columns = vec![];
@@ -203,13 +203,13 @@ impl PostgresTable {
                 })
                 .collect::<Result<Vec<_>>>()?,
         };
-        if let Some(p) = &partition {
-            if !columns.iter().any(|c| c.name == p.column) {
-                return Err(ConnectorError::InvalidOption {
-                    key: "scan.partition.column".into(),
-                    reason: format!("the table has no column \"{}\"", p.column),
-                });
-            }
+        if let Some(p) = &partition
+            && !columns.iter().any(|c| c.name == p.column)
+        {
+            return Err(ConnectorError::InvalidOption {
+                key: "scan.partition.column".into(),
+                reason: format!("the table has no column \"{}\"", p.column),
+            });
         }
         let schema = Arc::new(Schema::new(
             columns
@@ -264,7 +264,7 @@ impl PostgresTable {
                     .query_one(
                         &format!(
                             "SELECT min({col})::bigint, max({col})::bigint FROM {}",
-                            self.relation.from_sql()
+                            self.relation.sql_source()
                         ),
                         &[],
                     )
@@ -536,7 +536,7 @@ impl TableProvider for PostgresTable {
             .map(|range| {
                 let mut conds = pushed.clone();
                 conds.extend(range.clone());
-                let mut sql = format!("SELECT {select} FROM {}", self.relation.from_sql());
+                let mut sql = format!("SELECT {select} FROM {}", self.relation.sql_source());
                 if !conds.is_empty() {
                     sql.push_str(" WHERE ");
                     sql.push_str(

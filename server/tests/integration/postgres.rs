@@ -211,7 +211,9 @@ fn pushdown_and_parallel_reads() -> Result<(), Failed> {
         "{};\n\
          EXPLAIN SELECT id, h FROM big WHERE k = 3 AND h LIKE 'a%';\n\
          SELECT count(*) AS n, sum(id) AS total, count(DISTINCT id) AS ids FROM big;\n\
-         SELECT count(*) AS n FROM big WHERE k = 3 AND h LIKE 'a%';\n",
+         SELECT count(*) AS n FROM big WHERE k = 3 AND h LIKE 'a%';\n\
+         SET 'execution.runtime-mode' = 'batch';\n\
+         SELECT k, count(*) AS c FROM big GROUP BY k ORDER BY k;\n",
         pg.declare(
             "big",
             "big",
@@ -240,6 +242,18 @@ fn pushdown_and_parallel_reads() -> Result<(), Failed> {
     check(
         out.contains(&format!("n\n{want_k}\n")),
         "filtered count matches Postgres",
+        &o,
+    )?;
+    let groups = pg
+        .query(&format!(
+            "SELECT k, count(*) FROM {s}.big GROUP BY k ORDER BY k"
+        ))?
+        .iter()
+        .map(|r| format!("{},{}\n", r[0], r[1]))
+        .collect::<String>();
+    check(
+        out.contains(&format!("k,c\n{groups}")),
+        "staged batch mode reads the table through a shuffle",
         &o,
     )?;
     Ok(())
@@ -445,11 +459,21 @@ fn errors_name_host_and_table() -> Result<(), Failed> {
     // A password-authenticated role (.ci/run creates it): a wrong password
     // is an authentication error; the right one, given as a secret, works
     // and is never printed.
-    let with_password = |secret: &str| {
-        let script = format!(
-            "CREATE TABLE t WITH ('connector' = 'postgres', 'url' = 'postgres://sluice_pw@127.0.0.1:5432/test', \
-             'password' = secret('PG_PW'), 'table' = '{s}.present');\nSHOW CREATE TABLE t;\nSELECT count(*) AS n FROM t;\n"
-        );
+    let with_password = |secret: &str, via_connection: bool| {
+        let declare = if via_connection {
+            format!(
+                "CREATE CONNECTION pg WITH ('type' = 'postgres', \
+                 'url' = 'postgres://sluice_pw@127.0.0.1:5432/test', 'password' = secret('PG_PW'));\n\
+                 CREATE TABLE t WITH ('connection' = 'pg', 'table' = '{s}.present')"
+            )
+        } else {
+            format!(
+                "CREATE TABLE t WITH ('connector' = 'postgres', \
+                 'url' = 'postgres://sluice_pw@127.0.0.1:5432/test', \
+                 'password' = secret('PG_PW'), 'table' = '{s}.present')"
+            )
+        };
+        let script = format!("{declare};\nSHOW CREATE TABLE t;\nSELECT count(*) AS n FROM t;\n");
         let mut c = sc.sluice();
         c.arg("run").args(["--format", "csv", "-e", &script]);
         c.env("SLUICE_SECRET_PG_PW", secret);
@@ -459,7 +483,7 @@ fn errors_name_host_and_table() -> Result<(), Failed> {
         "GRANT USAGE ON SCHEMA {s} TO sluice_pw; GRANT SELECT ON {s}.present TO sluice_pw"
     ))
     .map_err(|e| format!("the role sluice_pw must exist (.ci/run creates it): {e:?}"))?;
-    let o = with_password("wrong-password");
+    let o = with_password("wrong-password", false);
     check(
         o.status.code() != Some(0) && stderr(&o).contains("authentication failed"),
         "a wrong password is an authentication failure",
@@ -470,17 +494,36 @@ fn errors_name_host_and_table() -> Result<(), Failed> {
         "the password is never printed",
         &o,
     )?;
-    let o = with_password("sluice-test-pw");
+    for via_connection in [false, true] {
+        let o = with_password("sluice-test-pw", via_connection);
+        let what = if via_connection {
+            "a named connection"
+        } else {
+            "table options"
+        };
+        check(
+            o.status.code() == Some(0),
+            &format!("the right password connects ({what})"),
+            &o,
+        )?;
+        check(
+            stdout(&o).contains("secret('PG_PW')") && !stdout(&o).contains("sluice-test-pw"),
+            "SHOW CREATE TABLE shows the secret's name, not its value",
+            &o,
+        )?;
+        check(stdout(&o).contains("n\n0\n"), "reads through the role", &o)?;
+    }
+    let o = sc.run(
+        &[
+            "-e",
+            "CREATE TABLE t WITH ('connection' = 'nope', 'table' = 'x')",
+        ],
+        None,
+    );
     check(
-        o.status.code() == Some(0),
-        "the right password connects",
+        o.status.code() != Some(0) && stderr(&o).contains("no connection named 'nope'"),
+        "an undeclared connection is named",
         &o,
     )?;
-    check(
-        stdout(&o).contains("secret('PG_PW')") && !stdout(&o).contains("sluice-test-pw"),
-        "SHOW CREATE TABLE shows the secret's name, not its value",
-        &o,
-    )?;
-    check(stdout(&o).contains("n\n0\n"), "reads through the role", &o)?;
     Ok(())
 }
