@@ -201,15 +201,17 @@ fn pushdown_and_parallel_reads() -> Result<(), Failed> {
     let s = &pg.schema;
     pg.exec(&format!(
         "CREATE TABLE {s}.big AS
-           SELECT g AS id, g % 7 AS k, md5(g::text) AS h FROM generate_series(1, 20000) g;"
+           SELECT g AS id, g % 7 AS k, md5(g::text) AS h FROM generate_series(1, 20000) g;
+         CREATE TABLE {s}.big_copy (LIKE {s}.big);"
     ))?;
     let want_k = pg.one(&format!(
         "SELECT count(*) FROM {s}.big WHERE k = 3 AND h LIKE 'a%'"
     ))?;
     let sc = Scratch::new();
     let script = format!(
-        "{};\n\
+        "{};\n{};\n\
          EXPLAIN SELECT id, h FROM big WHERE k = 3 AND h LIKE 'a%';\n\
+         INSERT INTO big_copy SELECT * FROM big;\n\
          SELECT count(*) AS n, sum(id) AS total, count(DISTINCT id) AS ids FROM big;\n\
          SELECT count(*) AS n FROM big WHERE k = 3 AND h LIKE 'a%';\n\
          SET 'execution.runtime-mode' = 'batch';\n\
@@ -219,6 +221,7 @@ fn pushdown_and_parallel_reads() -> Result<(), Failed> {
             "big",
             ", 'scan.partition.column' = 'id', 'scan.partition.num' = '3'"
         ),
+        pg.declare("big_copy", "big_copy", ""),
     );
     let o = sc.run(&["--format", "csv", "-e", &script], None);
     check(o.status.code() == Some(0), "reads run", &o)?;
@@ -242,6 +245,16 @@ fn pushdown_and_parallel_reads() -> Result<(), Failed> {
     check(
         out.contains(&format!("n\n{want_k}\n")),
         "filtered count matches Postgres",
+        &o,
+    )?;
+    // Three scan partitions write through three staging tables, published
+    // in one transaction.
+    check(
+        pg.one(&format!(
+            "SELECT count(*) || ' ' || count(DISTINCT id) || ' ' || sum(id) FROM {s}.big_copy"
+        ))? == "20000 20000 200010000"
+            && pg.staging_tables()? == 0,
+        "parallel writers copy every row once",
         &o,
     )?;
     let groups = pg
