@@ -186,13 +186,12 @@ impl PostgresTable {
                         return Err(ConnectorError::SchemaMismatch {
                             target: format!("postgres table {label} at {conn}"),
                             reason: format!(
-                                "column \"{}\" is declared {} but the database column is {} ({}); \
+                                "column \"{}\" is declared {} but the database column is {}; \
                                  declare it as {} or leave the column list out",
                                 f.name(),
-                                f.data_type(),
+                                sql_type_name(f.data_type()),
                                 db.db_type,
-                                db_type,
-                                db_type
+                                sql_type_name(&db_type),
                             ),
                         });
                     }
@@ -306,6 +305,28 @@ impl PostgresTable {
             ranges.push(Some(cond));
         }
         Ok(ranges)
+    }
+}
+
+/// How `CREATE TABLE` spells an Arrow type, for hints.
+fn sql_type_name(t: &DataType) -> String {
+    match t {
+        DataType::Boolean => "BOOLEAN".into(),
+        DataType::Int16 => "SMALLINT".into(),
+        DataType::Int32 => "INT".into(),
+        DataType::Int64 => "BIGINT".into(),
+        DataType::Float32 => "REAL".into(),
+        DataType::Float64 => "DOUBLE".into(),
+        DataType::Decimal128(p, s) | DataType::Decimal256(p, s) => format!("DECIMAL({p}, {s})"),
+        DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8 => "VARCHAR".into(),
+        DataType::Binary => "BYTEA".into(),
+        DataType::Date32 => "DATE".into(),
+        DataType::Time64(_) => "TIME".into(),
+        DataType::Timestamp(_, None) => "TIMESTAMP".into(),
+        DataType::Timestamp(_, Some(_)) => "TIMESTAMP WITH TIME ZONE".into(),
+        DataType::Interval(_) => "INTERVAL".into(),
+        DataType::List(f) => format!("{}[]", sql_type_name(f.data_type())),
+        other => other.to_string(),
     }
 }
 
