@@ -45,6 +45,7 @@ use datafusion_proto::physical_plan::{
 use datafusion_proto::protobuf;
 use prost::Message;
 use serde::{Deserialize, Serialize};
+use sluice_connectors::postgres::{PostgresScanDescriptor, PostgresScanExec};
 use sluice_connectors::{ConnectorFactory, SinkDescriptor, SinkExec};
 use sluice_shuffle::{
     AttemptId, AttemptIndex, ReadSpec, ShuffleOutput, ShuffleReaderExec, ShuffleStore,
@@ -147,6 +148,7 @@ struct ExtensionNode {
 const KIND_WRITER: &str = "shuffle_writer";
 const KIND_READER: &str = "shuffle_reader";
 const KIND_SINK: &str = "sink";
+const KIND_POSTGRES_SCAN: &str = "postgres_scan";
 
 #[derive(Serialize, Deserialize)]
 struct WriterHeader {
@@ -318,6 +320,14 @@ impl PhysicalExtensionCodec for StageCodec {
                         .with_task_base(h.task_base),
                 ))
             }
+            KIND_POSTGRES_SCAN => {
+                let desc: PostgresScanDescriptor = from_json(KIND_POSTGRES_SCAN, &node.header)?;
+                let schema = Arc::new(schema(&node)?);
+                let secrets = self.registries()?.connectors.stores().secrets();
+                let scan = PostgresScanExec::from_descriptor(desc, schema, secrets)
+                    .map_err(|e| DataFusionError::External(Box::new(e)))?;
+                Ok(Arc::new(scan))
+            }
             other => Err(DataFusionError::Plan(format!(
                 "unknown Sluice operator '{other}' in a stage plan"
             ))),
@@ -381,6 +391,10 @@ impl PhysicalExtensionCodec for StageCodec {
                 task_base: s.task_base(),
                 attempt: s.attempt(),
             })?;
+        } else if let Some(p) = node.downcast_ref::<PostgresScanExec>() {
+            out.kind = KIND_POSTGRES_SCAN.into();
+            out.schema = Some(p.schema().as_ref().try_into()?);
+            out.header = json(&p.descriptor())?;
         } else {
             return Err(DataFusionError::NotImplemented(format!(
                 "operator {} cannot be sent to an executor",

@@ -32,7 +32,7 @@ use crate::options::TableOptions;
 use crate::secrets::SecretResolver;
 
 pub use sink::PostgresSink;
-pub use table::{PostgresScanExec, PostgresTable};
+pub use table::{PostgresScanDescriptor, PostgresScanExec, PostgresTable};
 
 /// Options of the `postgres` connector.
 pub const POSTGRES_OPTIONS: &[&str] = &[

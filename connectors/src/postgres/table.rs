@@ -29,11 +29,12 @@ use super::types::{ColumnBuilder, PgKind, pg_kind, type_display};
 use super::{PgConnection, quote_ident, quote_literal, quote_table};
 use crate::error::{ConnectorError, ErrorClass, Result};
 use crate::factory::TableSpec;
+use crate::options::TableOptions;
 use crate::secrets::SecretResolver;
 use crate::sink::{Sink, WriteMode};
 
 /// One column as the database has it and as Sluice exposes it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) struct PgColumn {
     /// Column name in the database.
     pub(crate) name: String,
@@ -43,8 +44,14 @@ pub(crate) struct PgColumn {
     pub(crate) db_type: String,
     /// Read as `name::text` (an unmapped type the table opted to read as text).
     pub(crate) as_text: bool,
-    /// The Arrow type of the table's schema (declared, or mapped from `kind`).
+    /// The Arrow type of the table's schema (declared, or mapped from
+    /// `kind`); carried by the schema when the scan is sent elsewhere.
+    #[serde(skip, default = "null_type")]
     pub(crate) data_type: DataType,
+}
+
+fn null_type() -> DataType {
+    DataType::Null
 }
 
 /// What a table reads: a table or a query.
@@ -359,7 +366,7 @@ fn same_family(a: &DataType, b: &DataType) -> bool {
     }
 }
 
-fn partition_spec(options: &crate::options::TableOptions) -> Result<Option<PartitionSpec>> {
+fn partition_spec(options: &TableOptions) -> Result<Option<PartitionSpec>> {
     let Some(column) = options.literal("scan.partition.column")? else {
         for key in [
             "scan.partition.num",
@@ -575,6 +582,7 @@ impl TableProvider for PostgresTable {
             })
             .collect();
         Ok(Arc::new(PostgresScanExec::new(
+            self.spec.options.clone(),
             self.conn.clone(),
             self.relation.label(),
             columns,
@@ -590,6 +598,7 @@ impl TableProvider for PostgresTable {
 /// query per output partition. With several partitions, all readers share
 /// one snapshot exported by a coordinating session.
 pub struct PostgresScanExec {
+    options: TableOptions,
     conn: PgConnection,
     label: String,
     columns: Vec<PgColumn>,
@@ -619,7 +628,9 @@ impl fmt::Debug for PostgresScanExec {
 }
 
 impl PostgresScanExec {
+    #[expect(clippy::too_many_arguments)]
     fn new(
+        options: TableOptions,
         conn: PgConnection,
         label: String,
         columns: Vec<PgColumn>,
@@ -635,6 +646,7 @@ impl PostgresScanExec {
             Boundedness::Bounded,
         ));
         Self {
+            options,
             conn,
             label,
             columns,
@@ -651,6 +663,60 @@ impl PostgresScanExec {
     pub fn queries(&self) -> &[String] {
         &self.queries
     }
+
+    /// What another process needs to run the same scan (options with
+    /// secrets as references; the schema travels beside it).
+    pub fn descriptor(&self) -> PostgresScanDescriptor {
+        PostgresScanDescriptor {
+            options: self.options.clone(),
+            label: self.label.clone(),
+            columns: serde_json::to_value(&self.columns).expect("columns serialise"),
+            queries: self.queries.clone(),
+            pushed: self.pushed.clone(),
+            batch_size: self.batch_size,
+        }
+    }
+
+    /// The scan described by `desc`, connecting with secrets resolved by
+    /// this process. `schema` is the scan's output schema.
+    pub fn from_descriptor(
+        desc: PostgresScanDescriptor,
+        schema: SchemaRef,
+        secrets: &SecretResolver,
+    ) -> Result<Self> {
+        let conn = PgConnection::from_options(&desc.options, secrets)?;
+        let mut columns: Vec<PgColumn> = serde_json::from_value(desc.columns)
+            .map_err(|e| ConnectorError::Internal(format!("bad postgres scan columns: {e}")))?;
+        if columns.len() != schema.fields().len() {
+            return Err(ConnectorError::Internal(
+                "postgres scan columns do not match its schema".into(),
+            ));
+        }
+        for (c, f) in columns.iter_mut().zip(schema.fields()) {
+            c.data_type = f.data_type().clone();
+        }
+        Ok(Self::new(
+            desc.options,
+            conn,
+            desc.label,
+            columns,
+            schema,
+            desc.queries,
+            desc.pushed,
+            desc.batch_size,
+        ))
+    }
+}
+
+/// A [`PostgresScanExec`] as sent to an executor.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct PostgresScanDescriptor {
+    options: TableOptions,
+    label: String,
+    columns: serde_json::Value,
+    queries: Vec<String>,
+    pushed: Vec<String>,
+    batch_size: usize,
 }
 
 impl DisplayAs for PostgresScanExec {

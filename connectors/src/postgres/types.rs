@@ -48,7 +48,7 @@ const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
 pub(crate) const UNCONSTRAINED_NUMERIC: (u8, i8) = (38, 18);
 
 /// How values of one column travel in binary `COPY`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) enum PgKind {
     Bool,
     Int2,
@@ -69,9 +69,9 @@ pub(crate) enum PgKind {
     Timestamp,
     TimestampTz,
     Interval,
-    /// A one-dimensional array; the element's Postgres type travels in the
+    /// A one-dimensional array; the element's type OID travels in the
     /// array header.
-    Array(Box<PgKind>, Type),
+    Array(Box<PgKind>, u32),
 }
 
 impl PgKind {
@@ -144,7 +144,7 @@ pub(crate) fn pg_kind(ty: &Type, typmod: i32) -> Option<PgKind> {
                 if matches!(inner, PgKind::Array(..)) {
                     return None;
                 }
-                PgKind::Array(Box::new(inner), elem.clone())
+                PgKind::Array(Box::new(inner), elem.oid())
             }
             // `citext` and other extension text types.
             _ if ty.name() == "citext" => PgKind::Text,
@@ -643,7 +643,7 @@ fn encode_value(
             let start = buf.len();
             buf.put_i32(1); // dimensions
             buf.put_i32(i32::from(values.null_count() > 0));
-            buf.put_u32(elem_type.oid());
+            buf.put_u32(*elem_type);
             buf.put_i32(values.len() as i32);
             buf.put_i32(1); // lower bound
             for j in 0..values.len() {

@@ -215,6 +215,7 @@ fn pushdown_and_parallel_reads() -> Result<(), Failed> {
          SELECT count(*) AS n, sum(id) AS total, count(DISTINCT id) AS ids FROM big;\n\
          SELECT count(*) AS n FROM big WHERE k = 3 AND h LIKE 'a%';\n\
          SET 'execution.runtime-mode' = 'batch';\n\
+         SET 'sluice.serialize_stage_plans' = 'true';\n\
          SELECT k, count(*) AS c FROM big GROUP BY k ORDER BY k;\n",
         pg.declare(
             "big",
@@ -266,7 +267,7 @@ fn pushdown_and_parallel_reads() -> Result<(), Failed> {
         .collect::<String>();
     check(
         out.contains(&format!("k,c\n{groups}")),
-        "staged batch mode reads the table through a shuffle",
+        "staged batch mode (stage plans encoded and decoded) reads the table through a shuffle",
         &o,
     )?;
     Ok(())
