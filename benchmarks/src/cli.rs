@@ -34,6 +34,81 @@ pub(crate) enum Command {
     /// Shuffle worker memory: about 2 GB through one `sluice shuffle-worker`
     /// with a --memory-limit; reports its peak RSS against the limit.
     ShuffleWorker(ShuffleWorkerArgs),
+    /// Postgres connector: Parquet -> Postgres and Postgres -> Parquet with
+    /// `sluice run`, against `psql \copy` of CSV and binary files, round
+    /// robin.
+    Postgres(PostgresArgs),
+    /// Generate the Parquet file of `postgres` only (run as a child of it).
+    #[command(hide = true)]
+    PostgresGen(PostgresGenArgs),
+}
+
+/// `sluice-bench postgres`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct PostgresArgs {
+    /// Rows of TPC-H lineitem to move.
+    #[arg(long, default_value_t = 10_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) rows: u64,
+
+    /// Rounds; each round runs every job once, in turn; medians are
+    /// reported.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) runs: u32,
+
+    /// Folder for the generated Parquet, the psql peers' CSV and binary
+    /// files, and the outputs and logs (`out/`).
+    #[arg(
+        long,
+        env = "SLUICE_BENCH_PG_DATA",
+        default_value = "target/bench-data/pg"
+    )]
+    pub(crate) data: PathBuf,
+
+    /// The `sluice` binary to measure (default: `sluice` next to this
+    /// program).
+    #[arg(long, env = "SLUICE_BENCH_SLUICE")]
+    pub(crate) sluice: Option<PathBuf>,
+
+    /// The `psql` client of the peers.
+    #[arg(long, default_value = "psql")]
+    pub(crate) psql: PathBuf,
+
+    /// Postgres host.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub(crate) host: String,
+
+    /// Postgres port.
+    #[arg(long, default_value_t = 5432)]
+    pub(crate) port: u16,
+
+    /// Postgres user (trust or `.pgpass` authentication).
+    #[arg(long, default_value = "postgres")]
+    pub(crate) user: String,
+
+    /// Postgres database.
+    #[arg(long, default_value = "test")]
+    pub(crate) database: String,
+
+    /// Table in the `public` schema; dropped and created at the start.
+    #[arg(long, default_value = "bench_lineitem")]
+    pub(crate) table: String,
+
+    /// Sluice's parallel range reads of the export ('scan.partition.num' on
+    /// l_orderkey); 1 reads with one `COPY`, like psql.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) read_partitions: u32,
+}
+
+/// `sluice-bench postgres-gen`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct PostgresGenArgs {
+    /// The Parquet file to write.
+    #[arg(long)]
+    pub(crate) out: PathBuf,
+
+    /// Rows of TPC-H lineitem to write.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) rows: u64,
 }
 
 /// `sluice-bench tpch-staged`.

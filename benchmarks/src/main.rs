@@ -8,6 +8,7 @@ mod flight_load;
 mod j1;
 mod measure;
 mod outputs;
+mod postgres;
 mod report;
 mod staged;
 mod worker;
@@ -24,6 +25,8 @@ fn main() -> ExitCode {
         cli::Command::TpchStaged(args) => staged::run_tpch(args),
         cli::Command::Shuffle(args) => staged::run_shuffle(args),
         cli::Command::ShuffleWorker(args) => worker::run(args),
+        cli::Command::Postgres(args) => postgres::run(args),
+        cli::Command::PostgresGen(args) => postgres::generate(args),
         cli::Command::Gen(args) => {
             datagen::ensure_lineitem(&args.data, args.scale_factor).map(|dataset| {
                 println!("{dataset}");
