@@ -57,7 +57,7 @@ enum Duplicates {
 }
 
 /// A write into a Postgres table.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct PostgresSink {
     name: String,
     options: TableOptions,
@@ -135,6 +135,18 @@ impl PostgresSink {
 
     fn err(&self, action: &str, e: tokio_postgres::Error) -> ConnectorError {
         self.conn.error(Some(&self.table), action, e)
+    }
+
+    /// A value of column `name` that cannot be written.
+    fn value_error(&self, name: &str, reason: String, hint: &str) -> ConnectorError {
+        ConnectorError::Database {
+            connector: "postgres",
+            on: format!("table {} at {}", self.table, self.conn),
+            action: format!("write column \"{name}\""),
+            message: reason,
+            hint: hint.into(),
+            class: ErrorClass::User,
+        }
     }
 
     async fn ensure_ledger(&self, client: &mut Client) -> Result<()> {
@@ -327,7 +339,7 @@ impl Sink for PostgresSink {
         buf.put_i32(0); // flags
         buf.put_i32(0); // header extension length
         Ok(Box::new(PostgresWriter {
-            sink: self.clone_light(),
+            sink: Arc::new(self.clone()),
             client,
             copy: Some(Box::pin(copy)),
             stage,
@@ -577,21 +589,6 @@ impl Sink for PostgresSink {
     }
 }
 
-impl PostgresSink {
-    fn clone_light(&self) -> Arc<PostgresSink> {
-        Arc::new(PostgresSink {
-            name: self.name.clone(),
-            options: self.options.clone(),
-            conn: self.conn.clone(),
-            table: self.table.clone(),
-            schema: Arc::clone(&self.schema),
-            primary_key: self.primary_key.clone(),
-            duplicates: self.duplicates,
-            mode: self.mode.clone(),
-        })
-    }
-}
-
 /// One task attempt's binary `COPY` into its staging table.
 struct PostgresWriter {
     sink: Arc<PostgresSink>,
@@ -622,22 +619,11 @@ impl PostgresWriter {
                 let array = batch.column_by_name(name).ok_or_else(|| {
                     ConnectorError::Internal(format!("written batch lacks column {name}"))
                 })?;
-                let array = coerce(array, kind).map_err(|reason| ConnectorError::Database {
-                    connector: "postgres",
-                    on: format!("table {} at {}", self.sink.table, self.sink.conn),
-                    action: format!("write column \"{name}\""),
-                    message: reason,
-                    hint: "cast the value in the query to the column's type".into(),
-                    class: ErrorClass::User,
-                })?;
-                ColumnEncoder::try_new(array, kind).map_err(|reason| ConnectorError::Database {
-                    connector: "postgres",
-                    on: format!("table {} at {}", self.sink.table, self.sink.conn),
-                    action: format!("write column \"{name}\""),
-                    message: reason,
-                    hint: "cast the value in the query to the column's type".into(),
-                    class: ErrorClass::User,
-                })
+                let cast_hint = "cast the value in the query to the column's type";
+                let array =
+                    coerce(array, kind).map_err(|r| self.sink.value_error(name, r, cast_hint))?;
+                ColumnEncoder::try_new(array, kind)
+                    .map_err(|r| self.sink.value_error(name, r, cast_hint))
             })
             .collect()
     }
@@ -677,15 +663,10 @@ impl SinkWriter for PostgresWriter {
         for row in 0..batch.num_rows() {
             self.buf.put_i16(ncols);
             for (enc, (name, _)) in encoders.iter().zip(&self.columns) {
-                enc.encode(row, &mut self.buf)
-                    .map_err(|reason| ConnectorError::Database {
-                        connector: "postgres",
-                        on: format!("table {} at {}", self.sink.table, self.sink.conn),
-                        action: format!("write column \"{name}\""),
-                        message: reason,
-                        hint: "fix the value or cast it in the query".into(),
-                        class: ErrorClass::User,
-                    })?;
+                enc.encode(row, &mut self.buf).map_err(|r| {
+                    self.sink
+                        .value_error(name, r, "fix the value or cast it in the query")
+                })?;
             }
             if self.buf.len() >= SEND_BYTES {
                 self.send().await?;
