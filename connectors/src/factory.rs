@@ -8,13 +8,14 @@ use datafusion::datasource::TableProvider;
 
 use crate::error::{ConnectorError, Result};
 use crate::file::{FileFormatKind, FileTable, FileTableConfig};
+use crate::mysql::{MYSQL_OPTIONS, MyConnection, MySqlSink, MySqlTable};
 use crate::options::TableOptions;
 use crate::postgres::{POSTGRES_OPTIONS, PgConnection, PostgresSink, PostgresTable};
 use crate::sink::{Sink, SinkDescriptor, WriteMode};
 use crate::store::{STORE_OPTION_PREFIXES, StoreRegistry};
 
 /// Connectors this build knows.
-pub const CONNECTORS: &[&str] = &["filesystem", "postgres"];
+pub const CONNECTORS: &[&str] = &["filesystem", "postgres", "mysql"];
 
 /// Options of the `filesystem` connector (besides `format.*` and store options).
 const FILESYSTEM_OPTIONS: &[&str] = &[
@@ -65,6 +66,16 @@ impl ConnectorTable for PostgresTable {
     }
 }
 
+impl ConnectorTable for MySqlTable {
+    fn sink(&self, mode: WriteMode) -> Result<Arc<dyn Sink>> {
+        MySqlTable::sink(self, mode)
+    }
+
+    fn partition_columns(&self) -> Vec<String> {
+        vec![]
+    }
+}
+
 impl ConnectorTable for FileTable {
     fn sink(&self, mode: WriteMode) -> Result<Arc<dyn Sink>> {
         FileTable::sink(self, mode)
@@ -102,6 +113,7 @@ impl ConnectorFactory {
                 &[&["format."][..], STORE_OPTION_PREFIXES].concat(),
             ),
             "postgres" => options.check_known("postgres", POSTGRES_OPTIONS, &[]),
+            "mysql" => options.check_known("mysql", MYSQL_OPTIONS, &[]),
             other => Err(ConnectorError::UnknownConnector {
                 name: other.to_string(),
                 available: CONNECTORS.join(", "),
@@ -123,14 +135,19 @@ impl ConnectorFactory {
                 self.path(spec)?;
                 Ok(())
             }
-            "postgres" => {
-                spec.options
-                    .check_known("postgres", POSTGRES_OPTIONS, &[])?;
+            db @ ("postgres" | "mysql") => {
+                let known = if db == "postgres" {
+                    POSTGRES_OPTIONS
+                } else {
+                    MYSQL_OPTIONS
+                };
+                spec.options.check_known(db, known, &[])?;
                 if !spec.partition_cols.is_empty() {
                     return Err(ConnectorError::InvalidOption {
                         key: "PARTITIONED BY".into(),
-                        reason: "postgres tables are not partitioned by Sluice; remove the clause"
-                            .into(),
+                        reason: format!(
+                            "{db} tables are not partitioned by Sluice; remove the clause"
+                        ),
                     });
                 }
                 Ok(())
@@ -205,6 +222,25 @@ impl ConnectorFactory {
                     desc.mode.clone(),
                 )?))
             }
+            "mysql" => {
+                let conn = MyConnection::from_options(&desc.options, self.stores.secrets())?;
+                let table = desc.options.literal("table")?.ok_or_else(|| {
+                    ConnectorError::MissingOption {
+                        connector: "mysql".into(),
+                        key: "table".into(),
+                        hint: "set 'table' = 'database.table' to write".into(),
+                    }
+                })?;
+                Ok(Arc::new(MySqlSink::try_new(
+                    desc.name.clone(),
+                    desc.options.clone(),
+                    conn,
+                    table.to_string(),
+                    schema,
+                    desc.primary_key.clone(),
+                    desc.mode.clone(),
+                )?))
+            }
             other => Err(ConnectorError::UnknownConnector {
                 name: other.to_string(),
                 available: CONNECTORS.join(", "),
@@ -237,6 +273,9 @@ impl ConnectorFactory {
             }
             "postgres" => Ok(Arc::new(
                 PostgresTable::try_new(spec, self.stores.secrets()).await?,
+            )),
+            "mysql" => Ok(Arc::new(
+                MySqlTable::try_new(spec, self.stores.secrets()).await?,
             )),
             other => Err(ConnectorError::UnknownConnector {
                 name: other.to_string(),

@@ -7,9 +7,11 @@
 //! [`CommitMessage`]; the coordinator keeps one winning attempt per task and
 //! makes one idempotent commit, or aborts.
 
+pub(crate) mod database;
 pub mod error;
 pub mod factory;
 pub mod file;
+pub mod mysql;
 pub mod options;
 pub mod postgres;
 pub mod secrets;

@@ -45,6 +45,7 @@ use datafusion_proto::physical_plan::{
 use datafusion_proto::protobuf;
 use prost::Message;
 use serde::{Deserialize, Serialize};
+use sluice_connectors::mysql::{MySqlScanDescriptor, MySqlScanExec};
 use sluice_connectors::postgres::{PostgresScanDescriptor, PostgresScanExec};
 use sluice_connectors::{ConnectorFactory, SinkDescriptor, SinkExec};
 use sluice_shuffle::{
@@ -149,6 +150,7 @@ const KIND_WRITER: &str = "shuffle_writer";
 const KIND_READER: &str = "shuffle_reader";
 const KIND_SINK: &str = "sink";
 const KIND_POSTGRES_SCAN: &str = "postgres_scan";
+const KIND_MYSQL_SCAN: &str = "mysql_scan";
 
 #[derive(Serialize, Deserialize)]
 struct WriterHeader {
@@ -328,6 +330,14 @@ impl PhysicalExtensionCodec for StageCodec {
                     .map_err(|e| DataFusionError::External(Box::new(e)))?;
                 Ok(Arc::new(scan))
             }
+            KIND_MYSQL_SCAN => {
+                let desc: MySqlScanDescriptor = from_json(KIND_MYSQL_SCAN, &node.header)?;
+                let schema = Arc::new(schema(&node)?);
+                let secrets = self.registries()?.connectors.stores().secrets();
+                let scan = MySqlScanExec::from_descriptor(desc, schema, secrets)
+                    .map_err(|e| DataFusionError::External(Box::new(e)))?;
+                Ok(Arc::new(scan))
+            }
             other => Err(DataFusionError::Plan(format!(
                 "unknown Sluice operator '{other}' in a stage plan"
             ))),
@@ -393,6 +403,10 @@ impl PhysicalExtensionCodec for StageCodec {
             })?;
         } else if let Some(p) = node.downcast_ref::<PostgresScanExec>() {
             out.kind = KIND_POSTGRES_SCAN.into();
+            out.schema = Some(p.schema().as_ref().try_into()?);
+            out.header = json(&p.descriptor())?;
+        } else if let Some(p) = node.downcast_ref::<MySqlScanExec>() {
+            out.kind = KIND_MYSQL_SCAN.into();
             out.schema = Some(p.schema().as_ref().try_into()?);
             out.header = json(&p.descriptor())?;
         } else {

@@ -22,7 +22,6 @@ mod table;
 mod types;
 
 use std::fmt;
-use std::time::Duration;
 
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Config, NoTls};
@@ -119,13 +118,7 @@ impl PgConnection {
                     .into(),
             });
         }
-        let timeout = match options.literal("connect.timeout")? {
-            Some(v) => parse_duration(v).ok_or_else(|| ConnectorError::InvalidOption {
-                key: "connect.timeout".into(),
-                reason: format!("'{v}' is not a duration; use e.g. '10s' or '500ms'"),
-            })?,
-            None => Duration::from_secs(10),
-        };
+        let timeout = crate::database::connect_timeout(options)?;
         config.connect_timeout(timeout);
         config.application_name("sluice");
         let host = match config.get_hosts().first() {
@@ -296,18 +289,6 @@ pub(crate) fn split_qualified(name: &str) -> Vec<String> {
     }
     parts.push(cur);
     parts
-}
-
-fn parse_duration(v: &str) -> Option<Duration> {
-    let v = v.trim();
-    let (num, unit) = v.split_at(v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len()));
-    let n: u64 = num.parse().ok()?;
-    match unit.trim() {
-        "ms" => Some(Duration::from_millis(n)),
-        "" | "s" => Some(Duration::from_secs(n)),
-        "min" | "m" => Some(Duration::from_secs(n * 60)),
-        _ => None,
-    }
 }
 
 #[cfg(test)]

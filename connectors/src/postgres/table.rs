@@ -8,16 +8,15 @@ use arrow::compute::{can_cast_types, cast};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::Session;
-use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
-use datafusion::common::{Column, DataFusionError, ScalarValue};
+use datafusion::common::DataFusionError;
+use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::datasource::{TableProvider, TableType};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::logical_expr::{Expr, Operator, TableProviderFilterPushDown};
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_expr::{EquivalenceProperties, Partitioning, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
-use datafusion::sql::unparser::Unparser;
 use datafusion::sql::unparser::dialect::PostgreSqlDialect;
 use futures::{StreamExt, TryStreamExt};
 use tokio::sync::{Mutex, OnceCell};
@@ -27,11 +26,22 @@ use tokio_postgres::types::{FromSql, Type};
 
 use super::types::{ColumnBuilder, PgKind, pg_kind, type_display};
 use super::{PgConnection, quote_ident, quote_literal, quote_table};
+use crate::database::{
+    PartitionSpec, PushdownRules, filter_sql, partition_spec, pushable, range_conditions,
+    same_family, sql_type_name,
+};
 use crate::error::{ConnectorError, ErrorClass, Result};
 use crate::factory::TableSpec;
 use crate::options::TableOptions;
 use crate::secrets::SecretResolver;
 use crate::sink::{Sink, WriteMode};
+
+/// Postgres compares text by collation: only equality is pushed for strings.
+const PUSHDOWN: PushdownRules = PushdownRules {
+    string_ordering: false,
+    naive_timestamps: false,
+    string_negation: true,
+};
 
 /// One column as the database has it and as Sluice exposes it.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -75,14 +85,6 @@ impl Relation {
             Self::Query(_) => "(query)".into(),
         }
     }
-}
-
-/// Parallel read settings.
-#[derive(Debug, Clone)]
-struct PartitionSpec {
-    column: String,
-    num: usize,
-    bounds: Option<(i64, i64)>,
 }
 
 /// A Postgres table or query declared with `'connector' = 'postgres'`.
@@ -288,215 +290,11 @@ impl PostgresTable {
                 }
             }
         };
-        let n = p.num.max(1) as i128;
-        let span = (hi as i128 - lo as i128 + 1).max(1);
-        let n = n.min(span);
-        let cut = |i: i128| (lo as i128 + span * i / n) as i64;
-        let mut ranges = vec![];
-        for i in 0..n {
-            let mut conds = vec![];
-            if i > 0 {
-                conds.push(format!("{col} >= {}", cut(i)));
-            }
-            if i + 1 < n {
-                conds.push(format!("{col} < {}", cut(i + 1)));
-            }
-            let mut cond = conds.join(" AND ");
-            if i == 0 {
-                cond = if cond.is_empty() {
-                    "TRUE".into()
-                } else {
-                    format!("({cond} OR {col} IS NULL)")
-                };
-            }
-            ranges.push(Some(cond));
-        }
-        Ok(ranges)
+        Ok(range_conditions(&col, lo, hi, p.num)
+            .into_iter()
+            .map(Some)
+            .collect())
     }
-}
-
-/// How `CREATE TABLE` spells an Arrow type, for hints.
-fn sql_type_name(t: &DataType) -> String {
-    match t {
-        DataType::Boolean => "BOOLEAN".into(),
-        DataType::Int16 => "SMALLINT".into(),
-        DataType::Int32 => "INT".into(),
-        DataType::Int64 => "BIGINT".into(),
-        DataType::Float32 => "REAL".into(),
-        DataType::Float64 => "DOUBLE".into(),
-        DataType::Decimal128(p, s) | DataType::Decimal256(p, s) => format!("DECIMAL({p}, {s})"),
-        DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8 => "VARCHAR".into(),
-        DataType::Binary => "BYTEA".into(),
-        DataType::Date32 => "DATE".into(),
-        DataType::Time64(_) => "TIME".into(),
-        DataType::Timestamp(_, None) => "TIMESTAMP".into(),
-        DataType::Timestamp(_, Some(_)) => "TIMESTAMP WITH TIME ZONE".into(),
-        DataType::Interval(_) => "INTERVAL".into(),
-        DataType::List(f) => format!("{}[]", sql_type_name(f.data_type())),
-        other => other.to_string(),
-    }
-}
-
-/// Whether a declared type may stand for a database column's type: the
-/// same kind of value (integers for integers, text for text, ...), perhaps
-/// of another width or unit. Values are cast; a value that does not fit is
-/// an error when it is read or written.
-fn same_family(a: &DataType, b: &DataType) -> bool {
-    use DataType::*;
-    fn family(t: &DataType) -> u8 {
-        match t {
-            Int8 | Int16 | Int32 | Int64 | UInt8 | UInt16 | UInt32 | UInt64 => 1,
-            Float16 | Float32 | Float64 => 2,
-            Decimal32(..) | Decimal64(..) | Decimal128(..) | Decimal256(..) => 3,
-            Utf8 | LargeUtf8 | Utf8View => 4,
-            Binary | LargeBinary | BinaryView | FixedSizeBinary(_) => 5,
-            Date32 | Date64 => 6,
-            Time32(_) | Time64(_) => 7,
-            Timestamp(_, None) => 8,
-            Timestamp(_, Some(_)) => 9,
-            Interval(_) | Duration(_) => 10,
-            Boolean => 11,
-            List(_) | LargeList(_) | ListView(_) | FixedSizeList(..) => 12,
-            _ => 0,
-        }
-    }
-    match (a, b) {
-        (List(x), List(y)) => same_family(x.data_type(), y.data_type()),
-        _ => a == b || (family(a) != 0 && family(a) == family(b)),
-    }
-}
-
-fn partition_spec(options: &TableOptions) -> Result<Option<PartitionSpec>> {
-    let Some(column) = options.literal("scan.partition.column")? else {
-        for key in [
-            "scan.partition.num",
-            "scan.partition.lower-bound",
-            "scan.partition.upper-bound",
-        ] {
-            if options.get(key).is_some() {
-                return Err(ConnectorError::InvalidOption {
-                    key: key.into(),
-                    reason: "needs 'scan.partition.column' (a numeric or date column)".into(),
-                });
-            }
-        }
-        return Ok(None);
-    };
-    let int = |key: &str| -> Result<Option<i64>> {
-        options
-            .literal(key)?
-            .map(|v| {
-                v.trim()
-                    .parse::<i64>()
-                    .map_err(|_| ConnectorError::InvalidOption {
-                        key: key.into(),
-                        reason: format!("'{v}' is not an integer"),
-                    })
-            })
-            .transpose()
-    };
-    let num = int("scan.partition.num")?.unwrap_or(4);
-    if !(1..=1024).contains(&num) {
-        return Err(ConnectorError::InvalidOption {
-            key: "scan.partition.num".into(),
-            reason: format!("{num} is not between 1 and 1024"),
-        });
-    }
-    let bounds = match (
-        int("scan.partition.lower-bound")?,
-        int("scan.partition.upper-bound")?,
-    ) {
-        (Some(lo), Some(hi)) if lo <= hi => Some((lo, hi)),
-        (None, None) => None,
-        _ => {
-            return Err(ConnectorError::InvalidOption {
-                key: "scan.partition.lower-bound".into(),
-                reason: "set both bounds, lower <= upper, or neither (then min and max are read)"
-                    .into(),
-            });
-        }
-    };
-    Ok(Some(PartitionSpec {
-        column: column.to_string(),
-        num: num as usize,
-        bounds,
-    }))
-}
-
-/// Whether `expr` can be evaluated by Postgres exactly as DataFusion would.
-fn pushable(expr: &Expr) -> bool {
-    match expr {
-        Expr::Column(_) => true,
-        Expr::Literal(v, _) => matches!(
-            v,
-            ScalarValue::Boolean(_)
-                | ScalarValue::Int8(_)
-                | ScalarValue::Int16(_)
-                | ScalarValue::Int32(_)
-                | ScalarValue::Int64(_)
-                | ScalarValue::UInt8(_)
-                | ScalarValue::UInt16(_)
-                | ScalarValue::UInt32(_)
-                | ScalarValue::Float32(_)
-                | ScalarValue::Float64(_)
-                | ScalarValue::Decimal128(..)
-                | ScalarValue::Utf8(_)
-                | ScalarValue::Utf8View(_)
-                | ScalarValue::LargeUtf8(_)
-                | ScalarValue::Date32(_)
-        ),
-        Expr::BinaryExpr(b) => {
-            let ordering = matches!(
-                b.op,
-                Operator::Lt | Operator::LtEq | Operator::Gt | Operator::GtEq
-            );
-            let logical = matches!(
-                b.op,
-                Operator::Eq | Operator::NotEq | Operator::And | Operator::Or
-            );
-            // Text ordering depends on the database's collation; only
-            // equality is pushed for strings.
-            (logical || (ordering && !is_string(&b.left) && !is_string(&b.right)))
-                && pushable(&b.left)
-                && pushable(&b.right)
-        }
-        Expr::Not(e) | Expr::IsNull(e) | Expr::IsNotNull(e) => pushable(e),
-        Expr::InList(l) => pushable(&l.expr) && l.list.iter().all(pushable),
-        Expr::Between(b) => {
-            !is_string(&b.low) && pushable(&b.expr) && pushable(&b.low) && pushable(&b.high)
-        }
-        Expr::Like(l) => l.escape_char.is_none() && pushable(&l.expr) && pushable(&l.pattern),
-        _ => false,
-    }
-}
-
-fn is_string(e: &Expr) -> bool {
-    matches!(
-        e,
-        Expr::Literal(
-            ScalarValue::Utf8(_) | ScalarValue::Utf8View(_) | ScalarValue::LargeUtf8(_),
-            _
-        )
-    )
-}
-
-/// SQL text of a pushable filter, with unqualified column names.
-fn filter_sql(expr: &Expr) -> Option<String> {
-    let expr = expr
-        .clone()
-        .transform(|e| match e {
-            Expr::Column(c) => Ok(Transformed::yes(Expr::Column(Column::new_unqualified(
-                c.name,
-            )))),
-            e => Ok(Transformed::no(e)),
-        })
-        .ok()?
-        .data;
-    let dialect = PostgreSqlDialect {};
-    Unparser::new(&dialect)
-        .expr_to_sql(&expr)
-        .ok()
-        .map(|e| e.to_string())
 }
 
 #[async_trait]
@@ -516,7 +314,9 @@ impl TableProvider for PostgresTable {
         Ok(filters
             .iter()
             .map(|f| {
-                if pushable(f) && filter_sql(f).is_some() {
+                if pushable(f, &self.schema, PUSHDOWN)
+                    && filter_sql(f, &PostgreSqlDialect {}).is_some()
+                {
                     // DataFusion re-checks the rows: Postgres may differ in
                     // corner cases (NaN, collations of `LIKE`).
                     TableProviderFilterPushDown::Inexact
@@ -553,8 +353,8 @@ impl TableProvider for PostgresTable {
             .join(", ");
         let pushed: Vec<String> = filters
             .iter()
-            .filter(|f| pushable(f))
-            .filter_map(filter_sql)
+            .filter(|f| pushable(f, &self.schema, PUSHDOWN))
+            .filter_map(|f| filter_sql(f, &PostgreSqlDialect {}))
             .collect();
         let client = self.conn.connect().await?;
         let ranges = self.partition_ranges(&client).await?;

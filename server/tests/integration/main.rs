@@ -5,6 +5,7 @@
 mod cli;
 mod fault;
 mod flight;
+mod mysql;
 mod postgres;
 mod s3;
 mod staged;
@@ -40,6 +41,7 @@ fn main() -> ExitCode {
     trials.extend(fault::trials());
     trials.extend(s3::trials());
     trials.extend(postgres::trials());
+    trials.extend(mysql::trials());
     trials.extend(staged::trials());
     trials.extend(flight::trials());
     trials.extend(flight::slt_trials(&config, &suites));

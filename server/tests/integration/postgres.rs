@@ -28,7 +28,7 @@ pub(crate) fn trials() -> Vec<Trial> {
 }
 
 /// A private schema in the test database, dropped afterwards.
-struct Pg {
+pub(crate) struct Pg {
     rt: tokio::runtime::Runtime,
     client: Client,
     schema: String,
@@ -36,6 +36,15 @@ struct Pg {
 
 impl Pg {
     fn new() -> Result<Self, Failed> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .subsec_nanos();
+        Self::with_schema(&format!("sluice_t{}_{nanos}", std::process::id()))
+    }
+
+    /// A connection that creates (and finally drops) the schema `schema`.
+    pub(crate) fn with_schema(schema: &str) -> Result<Self, Failed> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -47,24 +56,23 @@ impl Pg {
             tokio::spawn(conn);
             Ok::<_, String>(client)
         })?;
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("clock")
-            .subsec_nanos();
-        let schema = format!("sluice_t{}_{nanos}", std::process::id());
-        let pg = Self { rt, client, schema };
+        let pg = Self {
+            rt,
+            client,
+            schema: schema.to_string(),
+        };
         pg.exec(&format!("CREATE SCHEMA {}", pg.schema))?;
         Ok(pg)
     }
 
-    fn exec(&self, sql: &str) -> Result<(), Failed> {
+    pub(crate) fn exec(&self, sql: &str) -> Result<(), Failed> {
         self.rt
             .block_on(self.client.batch_execute(sql))
             .map_err(|e| format!("{sql}: {e:?}").into())
     }
 
     /// Rows of `sql` as text, NULL as "NULL".
-    fn query(&self, sql: &str) -> Result<Vec<Vec<String>>, Failed> {
+    pub(crate) fn query(&self, sql: &str) -> Result<Vec<Vec<String>>, Failed> {
         let msgs = self
             .rt
             .block_on(self.client.simple_query(sql))
