@@ -41,6 +41,9 @@ pub(crate) enum Command {
     /// Generate the Parquet file of `postgres` only (run as a child of it).
     #[command(hide = true)]
     PostgresGen(PostgresGenArgs),
+    /// MySQL connector: MariaDB -> Postgres with `sluice run`, against
+    /// `mariadb --batch | psql \copy`, round robin.
+    Mysql(MysqlArgs),
 }
 
 /// `sluice-bench postgres`.
@@ -95,6 +98,81 @@ pub(crate) struct PostgresArgs {
 
     /// Sluice's parallel range reads of the export ('scan.partition.num' on
     /// l_orderkey); 1 reads with one `COPY`, like psql.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) read_partitions: u32,
+}
+
+/// `sluice-bench mysql`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct MysqlArgs {
+    /// Rows of TPC-H lineitem to move.
+    #[arg(long, default_value_t = 10_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) rows: u64,
+
+    /// Rounds; each round runs every job once, in turn; medians are
+    /// reported.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) runs: u32,
+
+    /// Folder for the generated Parquet (which fills the MariaDB table) and
+    /// the logs (`out/logs/`).
+    #[arg(
+        long,
+        env = "SLUICE_BENCH_MY_DATA",
+        default_value = "target/bench-data/mysql"
+    )]
+    pub(crate) data: PathBuf,
+
+    /// The `sluice` binary to measure (default: `sluice` next to this
+    /// program).
+    #[arg(long, env = "SLUICE_BENCH_SLUICE")]
+    pub(crate) sluice: Option<PathBuf>,
+
+    /// The `mariadb` client of the peer.
+    #[arg(long, default_value = "mariadb")]
+    pub(crate) mariadb_client: PathBuf,
+
+    /// MariaDB host.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub(crate) my_host: String,
+
+    /// MariaDB port.
+    #[arg(long, default_value_t = 3306)]
+    pub(crate) my_port: u16,
+
+    /// MariaDB user (no password).
+    #[arg(long, default_value = "root")]
+    pub(crate) my_user: String,
+
+    /// MariaDB database; holds the source table `bench_lineitem`, kept
+    /// between invocations.
+    #[arg(long, default_value = "test")]
+    pub(crate) my_database: String,
+
+    /// The `psql` client of the peer.
+    #[arg(long, default_value = "psql")]
+    pub(crate) psql: PathBuf,
+
+    /// Postgres host.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub(crate) host: String,
+
+    /// Postgres port.
+    #[arg(long, default_value_t = 5432)]
+    pub(crate) port: u16,
+
+    /// Postgres user (trust or `.pgpass` authentication).
+    #[arg(long, default_value = "postgres")]
+    pub(crate) user: String,
+
+    /// Postgres database; `public.bench_lineitem_from_mysql` is dropped and
+    /// created at the start.
+    #[arg(long, default_value = "test")]
+    pub(crate) database: String,
+
+    /// Sluice's parallel range reads of the MariaDB table
+    /// ('scan.partition.num' on l_orderkey); 1 reads with one query, like
+    /// the mariadb client.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) read_partitions: u32,
 }

@@ -7,6 +7,7 @@ mod datagen;
 mod flight_load;
 mod j1;
 mod measure;
+mod mysql;
 mod outputs;
 mod postgres;
 mod report;
@@ -27,6 +28,7 @@ fn main() -> ExitCode {
         cli::Command::ShuffleWorker(args) => worker::run(args),
         cli::Command::Postgres(args) => postgres::run(args),
         cli::Command::PostgresGen(args) => postgres::generate(args),
+        cli::Command::Mysql(args) => mysql::run(args),
         cli::Command::Gen(args) => {
             datagen::ensure_lineitem(&args.data, args.scale_factor).map(|dataset| {
                 println!("{dataset}");

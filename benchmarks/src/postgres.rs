@@ -41,7 +41,7 @@ const LINEITEM_ROWS_SF1: f64 = 6_001_215.0;
 /// Decimal128(15, 2) -> numeric(15, 2), Date32 -> date, Utf8View -> char(1)
 /// for the one-letter flags and varchar for the rest (TPC-H's char(25) and
 /// char(10) would pad the values read back).
-const COLUMNS: &str = "l_orderkey bigint NOT NULL, \
+pub(crate) const COLUMNS: &str = "l_orderkey bigint NOT NULL, \
      l_partkey bigint NOT NULL, \
      l_suppkey bigint NOT NULL, \
      l_linenumber integer NOT NULL, \
@@ -151,18 +151,18 @@ impl Files {
 
 /// How to reach Postgres, with `psql` and with Sluice.
 #[derive(Debug)]
-struct Pg {
-    psql: PathBuf,
-    host: String,
-    port: u16,
-    user: String,
-    database: String,
+pub(crate) struct Pg {
+    pub(crate) psql: PathBuf,
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    pub(crate) user: String,
+    pub(crate) database: String,
     /// `schema.table`.
-    table: String,
+    pub(crate) table: String,
 }
 
 impl Pg {
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!(
             "postgres://{}@{}:{}/{}",
             self.user, self.host, self.port, self.database
@@ -171,7 +171,7 @@ impl Pg {
 
     /// `psql` with connection flags, no `.psqlrc`, stopping at the first
     /// error.
-    fn psql(&self) -> Command {
+    pub(crate) fn psql(&self) -> Command {
         let mut cmd = Command::new(&self.psql);
         cmd.args(["-X", "-v", "ON_ERROR_STOP=1", "-h", &self.host])
             .args(["-p", &self.port.to_string(), "-U", &self.user])
@@ -181,7 +181,7 @@ impl Pg {
     }
 
     /// Runs `sql` (one or more `-c` commands), unmeasured; returns stdout.
-    fn exec(&self, commands: &[&str]) -> Result<String> {
+    pub(crate) fn exec(&self, commands: &[&str]) -> Result<String> {
         let mut cmd = self.psql();
         cmd.arg("-qAt");
         for c in commands {
@@ -200,7 +200,7 @@ impl Pg {
         Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
     }
 
-    fn count(&self) -> Result<u64> {
+    pub(crate) fn count(&self) -> Result<u64> {
         let text = self.exec(&[&format!("SELECT count(*) FROM {}", self.table)])?;
         text.parse()
             .with_context(|| format!("counting the rows of {}: '{text}'", self.table))
@@ -533,7 +533,7 @@ impl Bench {
 /// there with that many rows. A child because a measured child's
 /// `ru_maxrss` starts at this process's peak, and the generator's text pool
 /// takes about 300 MiB.
-fn ensure_parquet(path: &Path, rows: u64) -> Result<()> {
+pub(crate) fn ensure_parquet(path: &Path, rows: u64) -> Result<()> {
     if parquet_rows(path).ok() == Some(rows) {
         return Ok(());
     }
@@ -773,7 +773,7 @@ fn render(
 }
 
 /// Median; the mean of the middle two for an even count.
-fn median(mut values: Vec<f64>) -> Option<f64> {
+pub(crate) fn median(mut values: Vec<f64>) -> Option<f64> {
     if values.is_empty() {
         return None;
     }
@@ -787,7 +787,7 @@ fn median(mut values: Vec<f64>) -> Option<f64> {
 }
 
 /// The last lines of a log, to show why a run failed.
-fn log_tail(log: &Path) -> String {
+pub(crate) fn log_tail(log: &Path) -> String {
     let text = fs::read_to_string(log).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     let start = lines.len().saturating_sub(20);
