@@ -6,6 +6,7 @@ use arrow::datatypes::SchemaRef;
 use datafusion::catalog::Session;
 use datafusion::datasource::TableProvider;
 
+use crate::clickhouse::{CLICKHOUSE_OPTIONS, ClickHouseSink, ClickHouseTable};
 use crate::error::{ConnectorError, Result};
 use crate::file::{FileFormatKind, FileTable, FileTableConfig};
 use crate::mysql::{MYSQL_OPTIONS, MyConnection, MySqlSink, MySqlTable};
@@ -15,7 +16,7 @@ use crate::sink::{Sink, SinkDescriptor, WriteMode};
 use crate::store::{STORE_OPTION_PREFIXES, StoreRegistry};
 
 /// Connectors this build knows.
-pub const CONNECTORS: &[&str] = &["filesystem", "postgres", "mysql"];
+pub const CONNECTORS: &[&str] = &["filesystem", "postgres", "mysql", "clickhouse"];
 
 /// Options of the `filesystem` connector (besides `format.*` and store options).
 const FILESYSTEM_OPTIONS: &[&str] = &[
@@ -76,6 +77,16 @@ impl ConnectorTable for MySqlTable {
     }
 }
 
+impl ConnectorTable for ClickHouseTable {
+    fn sink(&self, mode: WriteMode) -> Result<Arc<dyn Sink>> {
+        ClickHouseTable::sink(self, mode)
+    }
+
+    fn partition_columns(&self) -> Vec<String> {
+        vec![]
+    }
+}
+
 impl ConnectorTable for FileTable {
     fn sink(&self, mode: WriteMode) -> Result<Arc<dyn Sink>> {
         FileTable::sink(self, mode)
@@ -114,6 +125,7 @@ impl ConnectorFactory {
             ),
             "postgres" => options.check_known("postgres", POSTGRES_OPTIONS, &[]),
             "mysql" => options.check_known("mysql", MYSQL_OPTIONS, &[]),
+            "clickhouse" => options.check_known("clickhouse", CLICKHOUSE_OPTIONS, &[]),
             other => Err(ConnectorError::UnknownConnector {
                 name: other.to_string(),
                 available: CONNECTORS.join(", "),
@@ -135,11 +147,11 @@ impl ConnectorFactory {
                 self.path(spec)?;
                 Ok(())
             }
-            db @ ("postgres" | "mysql") => {
-                let known = if db == "postgres" {
-                    POSTGRES_OPTIONS
-                } else {
-                    MYSQL_OPTIONS
+            db @ ("postgres" | "mysql" | "clickhouse") => {
+                let known = match db {
+                    "postgres" => POSTGRES_OPTIONS,
+                    "mysql" => MYSQL_OPTIONS,
+                    _ => CLICKHOUSE_OPTIONS,
                 };
                 spec.options.check_known(db, known, &[])?;
                 if !spec.partition_cols.is_empty() {
@@ -222,6 +234,11 @@ impl ConnectorFactory {
                     desc.mode.clone(),
                 )?))
             }
+            "clickhouse" => Ok(Arc::new(ClickHouseSink::from_descriptor(
+                desc,
+                schema,
+                self.stores.secrets(),
+            )?)),
             "mysql" => {
                 let conn = MyConnection::from_options(&desc.options, self.stores.secrets())?;
                 let table = desc.options.literal("table")?.ok_or_else(|| {
@@ -276,6 +293,9 @@ impl ConnectorFactory {
             )),
             "mysql" => Ok(Arc::new(
                 MySqlTable::try_new(spec, self.stores.secrets()).await?,
+            )),
+            "clickhouse" => Ok(Arc::new(
+                ClickHouseTable::try_new(spec, self.stores.secrets()).await?,
             )),
             other => Err(ConnectorError::UnknownConnector {
                 name: other.to_string(),

@@ -7,6 +7,7 @@
 //! [`CommitMessage`]; the coordinator keeps one winning attempt per task and
 //! makes one idempotent commit, or aborts.
 
+pub mod clickhouse;
 pub(crate) mod database;
 pub mod error;
 pub mod factory;

@@ -332,22 +332,24 @@ impl MySqlSink {
             .collect::<Vec<_>>()
             .join(" UNION ALL ");
         let upsert = !self.primary_key.is_empty() && self.mode == WriteMode::Append;
-        if upsert && !stages.is_empty() && self.duplicates == Duplicates::Error {
-            if let Some(key) = self.duplicate_key(client, &union).await? {
-                return Err(ConnectorError::Database {
-                    connector: "mysql",
-                    on: format!("table {} at {}", self.table, self.conn),
-                    action: "upsert into".into(),
-                    message: format!(
-                        "the rows written repeat the key ({}) = ({key})",
-                        self.primary_key.join(", ")
-                    ),
-                    hint: "remove duplicate keys in the query, or set \
-                           'sink.upsert.duplicates' = 'last' to keep the last row of each key"
-                        .into(),
-                    class: ErrorClass::User,
-                });
-            }
+        if upsert
+            && !stages.is_empty()
+            && self.duplicates == Duplicates::Error
+            && let Some(key) = self.duplicate_key(client, &union).await?
+        {
+            return Err(ConnectorError::Database {
+                connector: "mysql",
+                on: format!("table {} at {}", self.table, self.conn),
+                action: "upsert into".into(),
+                message: format!(
+                    "the rows written repeat the key ({}) = ({key})",
+                    self.primary_key.join(", ")
+                ),
+                hint: "remove duplicate keys in the query, or set \
+                       'sink.upsert.duplicates' = 'last' to keep the last row of each key"
+                    .into(),
+                class: ErrorClass::User,
+            });
         }
         let fill = |into: &str| -> Option<String> {
             if stages.is_empty() {

@@ -3,6 +3,7 @@
 //! binary, all as libtest trials (so `cargo nextest` lists each).
 
 mod cli;
+mod clickhouse;
 mod fault;
 mod flight;
 mod mysql;
@@ -42,6 +43,7 @@ fn main() -> ExitCode {
     trials.extend(s3::trials());
     trials.extend(postgres::trials());
     trials.extend(mysql::trials());
+    trials.extend(clickhouse::trials());
     trials.extend(staged::trials());
     trials.extend(flight::trials());
     trials.extend(flight::slt_trials(&config, &suites));
