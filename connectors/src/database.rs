@@ -227,6 +227,36 @@ pub(crate) fn range_conditions(col: &str, lo: i64, hi: i64, n: usize) -> Vec<Str
         .collect()
 }
 
+/// The `SELECT` of each partition: `select` from `source`, filtered by the
+/// pushed filters and the partition's range, limited when nothing filters.
+pub(crate) fn partition_queries(
+    select: &str,
+    source: &str,
+    pushed: &[String],
+    ranges: &[Option<String>],
+    limit: Option<usize>,
+) -> Vec<String> {
+    ranges
+        .iter()
+        .map(|range| {
+            let conds: Vec<String> = pushed
+                .iter()
+                .chain(range)
+                .map(|c| format!("({c})"))
+                .collect();
+            let mut sql = format!("SELECT {select} FROM {source}");
+            if !conds.is_empty() {
+                sql.push_str(" WHERE ");
+                sql.push_str(&conds.join(" AND "));
+            }
+            if let Some(n) = limit {
+                sql.push_str(&format!(" LIMIT {n}"));
+            }
+            sql
+        })
+        .collect()
+}
+
 /// How `CREATE TABLE` spells an Arrow type, for hints.
 pub(crate) fn sql_type_name(t: &DataType) -> String {
     match t {

@@ -25,8 +25,8 @@ use tokio::sync::{Mutex, OnceCell, mpsc};
 use super::types::{ColumnBuilder, MyKind, my_kind, type_display};
 use super::{MyConnection, quote_ident, quote_table};
 use crate::database::{
-    PartitionSpec, PushdownRules, filter_sql, partition_spec, pushable, range_conditions,
-    same_family, sql_type_name,
+    PartitionSpec, PushdownRules, filter_sql, partition_queries, partition_spec, pushable,
+    range_conditions, same_family, sql_type_name,
 };
 use crate::error::{ConnectorError, ErrorClass, Result};
 use crate::factory::TableSpec;
@@ -365,28 +365,13 @@ impl TableProvider for MySqlTable {
             .filter_map(|f| filter_sql(f, &MySqlDialect {}))
             .collect();
         let ranges = self.partition_ranges().await?;
-        let queries = ranges
-            .iter()
-            .map(|range| {
-                let mut conds = pushed.clone();
-                conds.extend(range.clone());
-                let mut sql = format!("SELECT {select} FROM {}", self.relation.sql_source());
-                if !conds.is_empty() {
-                    sql.push_str(" WHERE ");
-                    sql.push_str(
-                        &conds
-                            .iter()
-                            .map(|c| format!("({c})"))
-                            .collect::<Vec<_>>()
-                            .join(" AND "),
-                    );
-                }
-                if let (Some(n), true) = (limit, filters.is_empty()) {
-                    sql.push_str(&format!(" LIMIT {n}"));
-                }
-                sql
-            })
-            .collect();
+        let queries = partition_queries(
+            &select,
+            &self.relation.sql_source(),
+            &pushed,
+            &ranges,
+            limit.filter(|_| filters.is_empty()),
+        );
         Ok(Arc::new(MySqlScanExec::new(
             self.spec.options.clone(),
             self.conn.clone(),

@@ -27,8 +27,8 @@ use tokio_postgres::types::{FromSql, Type};
 use super::types::{ColumnBuilder, PgKind, pg_kind, type_display};
 use super::{PgConnection, quote_ident, quote_literal, quote_table};
 use crate::database::{
-    PartitionSpec, PushdownRules, filter_sql, partition_spec, pushable, range_conditions,
-    same_family, sql_type_name,
+    PartitionSpec, PushdownRules, filter_sql, partition_queries, partition_spec, pushable,
+    range_conditions, same_family, sql_type_name,
 };
 use crate::error::{ConnectorError, ErrorClass, Result};
 use crate::factory::TableSpec;
@@ -359,28 +359,13 @@ impl TableProvider for PostgresTable {
         let client = self.conn.connect().await?;
         let ranges = self.partition_ranges(&client).await?;
         drop(client);
-        let queries = ranges
-            .iter()
-            .map(|range| {
-                let mut conds = pushed.clone();
-                conds.extend(range.clone());
-                let mut sql = format!("SELECT {select} FROM {}", self.relation.sql_source());
-                if !conds.is_empty() {
-                    sql.push_str(" WHERE ");
-                    sql.push_str(
-                        &conds
-                            .iter()
-                            .map(|c| format!("({c})"))
-                            .collect::<Vec<_>>()
-                            .join(" AND "),
-                    );
-                }
-                if let (Some(n), true) = (limit, filters.is_empty()) {
-                    sql.push_str(&format!(" LIMIT {n}"));
-                }
-                sql
-            })
-            .collect();
+        let queries = partition_queries(
+            &select,
+            &self.relation.sql_source(),
+            &pushed,
+            &ranges,
+            limit.filter(|_| filters.is_empty()),
+        );
         Ok(Arc::new(PostgresScanExec::new(
             self.spec.options.clone(),
             self.conn.clone(),
