@@ -55,6 +55,15 @@ pub trait ConnectorTable: TableProvider {
 
     /// Names of the partition columns.
     fn partition_columns(&self) -> Vec<String>;
+
+    /// How lookup joins against this table cache its rows, when the
+    /// connector answers key lookups (databases do, files do not).
+    fn lookup_options(&self) -> Option<crate::lookup::LookupOptions> {
+        None
+    }
+
+    /// Connector name, for messages.
+    fn connector_name(&self) -> &'static str;
 }
 
 impl ConnectorTable for PostgresTable {
@@ -64,6 +73,14 @@ impl ConnectorTable for PostgresTable {
 
     fn partition_columns(&self) -> Vec<String> {
         vec![]
+    }
+
+    fn connector_name(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn lookup_options(&self) -> Option<crate::lookup::LookupOptions> {
+        Some(PostgresTable::lookup_options(self))
     }
 }
 
@@ -75,6 +92,14 @@ impl ConnectorTable for MySqlTable {
     fn partition_columns(&self) -> Vec<String> {
         vec![]
     }
+
+    fn connector_name(&self) -> &'static str {
+        "mysql"
+    }
+
+    fn lookup_options(&self) -> Option<crate::lookup::LookupOptions> {
+        Some(MySqlTable::lookup_options(self))
+    }
 }
 
 impl ConnectorTable for ClickHouseTable {
@@ -85,6 +110,10 @@ impl ConnectorTable for ClickHouseTable {
     fn partition_columns(&self) -> Vec<String> {
         vec![]
     }
+
+    fn connector_name(&self) -> &'static str {
+        "clickhouse"
+    }
 }
 
 impl ConnectorTable for FileTable {
@@ -94,6 +123,10 @@ impl ConnectorTable for FileTable {
 
     fn partition_columns(&self) -> Vec<String> {
         FileTable::partition_columns(self)
+    }
+
+    fn connector_name(&self) -> &'static str {
+        "filesystem"
     }
 }
 

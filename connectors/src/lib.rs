@@ -12,6 +12,7 @@ pub(crate) mod database;
 pub mod error;
 pub mod factory;
 pub mod file;
+pub mod lookup;
 pub mod mysql;
 pub mod options;
 pub mod postgres;

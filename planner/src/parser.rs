@@ -210,7 +210,7 @@ pub fn parse_statement(sql: &str) -> Result<SluiceStatement> {
 }
 
 fn parse_with_datafusion(sql: &str) -> Result<SluiceStatement> {
-    let dialect = GenericDialect {};
+    let dialect = crate::dialect::SluiceDialect;
     let mut parser = DFParserBuilder::new(sql)
         .with_dialect(&dialect)
         .build()
@@ -226,7 +226,8 @@ fn parse_with_datafusion(sql: &str) -> Result<SluiceStatement> {
             column: None,
         });
     }
-    let stmt = statements.pop_front().expect("one statement");
+    let mut stmt = statements.pop_front().expect("one statement");
+    rewrite_statement_lookups(&mut stmt)?;
     Ok(match stmt {
         DfStatement::Statement(s) => match *s {
             Statement::Insert(insert) => SluiceStatement::Insert(Box::new(insert)),
@@ -244,6 +245,16 @@ fn parse_with_datafusion(sql: &str) -> Result<SluiceStatement> {
         },
         other => SluiceStatement::DataFusion(Box::new(other)),
     })
+}
+
+/// Turns the lookup tables (`FOR SYSTEM_TIME AS OF`) of a statement, and of
+/// the statement an EXPLAIN explains, into lookup table functions.
+fn rewrite_statement_lookups(stmt: &mut DfStatement) -> Result<()> {
+    match stmt {
+        DfStatement::Statement(s) => crate::lookup::rewrite_lookups(s),
+        DfStatement::Explain(e) => rewrite_statement_lookups(&mut e.statement),
+        _ => Ok(()),
+    }
 }
 
 /// `CREATE [OR REPLACE] CONNECTION`.

@@ -1,7 +1,7 @@
 //! A Sluice session: the DataFusion context, the catalog, and binding of
 //! statements to plans.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use arrow::datatypes::SchemaRef;
@@ -23,6 +23,7 @@ use crate::catalog::{Catalog, MemoryCatalog, TableEntry};
 use crate::config::{SluiceOptions, resolve_setting, sluice_options};
 use crate::ddl::{render_create_table, schema_of};
 use crate::error::{PlannerError, Result};
+use crate::lookup::{BoundTables, LOOKUP_FUNCTION, LookupFunction, SluiceQueryPlanner};
 use crate::parser::{CopySource, CopyTo, CreateTable, SluiceStatement, partition_spec_item};
 
 /// What kind of statement ran, for summaries.
@@ -126,7 +127,7 @@ pub struct SluiceSession {
     factory: Arc<ConnectorFactory>,
     /// Tables bound in `ctx`, with the DDL they were bound from, so that a
     /// declaration changed by another session is re-bound.
-    tables: Mutex<HashMap<String, BoundTable>>,
+    tables: BoundTables,
     /// Root under which tables without a connector live (server only).
     warehouse: Option<String>,
     /// Identity for run ids; `None` disables them (clients that do not say
@@ -136,9 +137,6 @@ pub struct SluiceSession {
     /// as references) that tables naming the connection inherit.
     connections: Mutex<BTreeMap<String, TableOptions>>,
 }
-
-/// A table bound in a session: the DDL it was bound from, and the table.
-type BoundTable = (String, Arc<dyn ConnectorTable>);
 
 /// Default catalog and schema names.
 pub const DEFAULT_CATALOG: &str = "sluice";
@@ -181,15 +179,23 @@ impl SluiceSession {
             .with_runtime_env(Arc::clone(&runtime))
             .with_default_features()
             .with_physical_optimizer_rules(crate::broadcast::physical_optimizer_rules())
+            .with_query_planner(Arc::new(SluiceQueryPlanner))
             .build();
         let ctx = SessionContext::new_with_state(state);
+        let tables: BoundTables = Arc::default();
+        ctx.register_udtf(
+            LOOKUP_FUNCTION,
+            Arc::new(LookupFunction {
+                tables: Arc::clone(&tables),
+            }),
+        );
         let stores = Arc::new(StoreRegistry::new(runtime, SecretResolver::from_env()));
         Self {
             ctx,
             catalog,
             temp: MemoryCatalog::new(),
             factory: Arc::new(ConnectorFactory::new(stores)),
-            tables: Mutex::new(HashMap::new()),
+            tables,
             warehouse: None,
             run: Mutex::new(Some(run)),
             connections: Mutex::new(BTreeMap::new()),

@@ -49,6 +49,8 @@ pub const MYSQL_OPTIONS: &[&str] = &[
     "types.unmapped",
     "sink.batch-rows",
     "sink.upsert.duplicates",
+    "lookup.cache.max-rows",
+    "lookup.cache.ttl",
 ];
 
 /// Statements every session runs first.

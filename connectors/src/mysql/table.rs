@@ -86,10 +86,16 @@ pub struct MySqlTable {
     columns: Vec<MyColumn>,
     schema: SchemaRef,
     partition: Option<PartitionSpec>,
+    lookup: crate::lookup::LookupOptions,
     snapshot: bool,
 }
 
 impl MySqlTable {
+    /// How lookup joins against this table cache its rows.
+    pub fn lookup_options(&self) -> crate::lookup::LookupOptions {
+        self.lookup
+    }
+
     /// Connects, reads the columns of the table or query and checks them
     /// against the declared ones (if any).
     pub async fn try_new(spec: &TableSpec, secrets: &SecretResolver) -> Result<Self> {
@@ -135,6 +141,7 @@ impl MySqlTable {
             }
         };
         let partition = partition_spec(options)?;
+        let lookup = crate::lookup::LookupOptions::from_options(options)?;
         let label = relation.label();
         let target = format!("mysql table {label} at {conn}");
         let mut client = conn.connect().await?;
@@ -240,6 +247,7 @@ impl MySqlTable {
             columns: columns.into_iter().map(|(c, _)| c).collect(),
             schema,
             partition,
+            lookup,
             snapshot,
         })
     }

@@ -48,6 +48,8 @@ pub const POSTGRES_OPTIONS: &[&str] = &[
     "scan.partition.upper-bound",
     "types.unmapped",
     "sink.upsert.duplicates",
+    "lookup.cache.max-rows",
+    "lookup.cache.ttl",
 ];
 
 /// Where and how to connect, with secrets resolved. Never printed whole:

@@ -96,9 +96,15 @@ pub struct PostgresTable {
     columns: Vec<PgColumn>,
     schema: SchemaRef,
     partition: Option<PartitionSpec>,
+    lookup: crate::lookup::LookupOptions,
 }
 
 impl PostgresTable {
+    /// How lookup joins against this table cache its rows.
+    pub fn lookup_options(&self) -> crate::lookup::LookupOptions {
+        self.lookup
+    }
+
     /// Connects, reads the columns of the table or query and checks them
     /// against the declared ones (if any).
     pub async fn try_new(spec: &TableSpec, secrets: &SecretResolver) -> Result<Self> {
@@ -133,6 +139,7 @@ impl PostgresTable {
             }
         };
         let partition = partition_spec(options)?;
+        let lookup = crate::lookup::LookupOptions::from_options(options)?;
         let label = relation.label();
         let client = conn.connect().await?;
         let stmt = client
@@ -232,6 +239,7 @@ impl PostgresTable {
             columns,
             schema,
             partition,
+            lookup,
         })
     }
 

@@ -6,6 +6,7 @@ mod cli;
 mod clickhouse;
 mod fault;
 mod flight;
+mod lookup;
 mod mysql;
 mod postgres;
 mod s3;
@@ -44,6 +45,7 @@ fn main() -> ExitCode {
     trials.extend(postgres::trials());
     trials.extend(mysql::trials());
     trials.extend(clickhouse::trials());
+    trials.extend(lookup::trials());
     trials.extend(staged::trials());
     trials.extend(flight::trials());
     trials.extend(flight::slt_trials(&config, &suites));

@@ -118,7 +118,7 @@ impl My {
     }
 
     /// `CREATE TABLE name WITH (...)` declaring `table`, plus `extra` options.
-    fn declare(&self, name: &str, table: &str, extra: &str) -> String {
+    pub(crate) fn declare(&self, name: &str, table: &str, extra: &str) -> String {
         format!(
             "CREATE TABLE {name} WITH ('connector' = 'mysql', 'url' = '{}', \
              'table' = '{table}'{extra})",

@@ -31,11 +31,11 @@ pub(crate) fn trials() -> Vec<Trial> {
 pub(crate) struct Pg {
     rt: tokio::runtime::Runtime,
     client: Client,
-    schema: String,
+    pub(crate) schema: String,
 }
 
 impl Pg {
-    fn new() -> Result<Self, Failed> {
+    pub(crate) fn new() -> Result<Self, Failed> {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .expect("clock")
@@ -98,7 +98,7 @@ impl Pg {
     }
 
     /// `CREATE TABLE name WITH (...)` declaring `schema.table`, plus `extra` options.
-    fn declare(&self, name: &str, table: &str, extra: &str) -> String {
+    pub(crate) fn declare(&self, name: &str, table: &str, extra: &str) -> String {
         format!(
             "CREATE TABLE {name} WITH ('connector' = 'postgres', 'url' = '{URL}', \
              'table' = '{}.{table}'{extra})",
