@@ -947,3 +947,51 @@ impl ExecutionPlan for LookupJoinExec {
         Some(self.metrics.clone_inner())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::parser::{SluiceStatement, parse_statement};
+
+    fn rewritten(sql: &str) -> String {
+        match parse_statement(sql).expect("parses") {
+            SluiceStatement::DataFusion(s) => s.to_string(),
+            SluiceStatement::Insert(i) => i.to_string(),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn lookup_tables_become_the_lookup_function() {
+        let sql = rewritten(
+            "SELECT * FROM orders o JOIN customers FOR SYSTEM_TIME AS OF o.proc_time AS c \
+             ON o.cust_id = c.id",
+        );
+        assert!(
+            sql.contains("__sluice_lookup('customers', 'o.proc_time') AS c"),
+            "{sql}"
+        );
+        // Without an alias the table's name qualifies its columns.
+        let sql = rewritten(
+            "INSERT INTO t SELECT * FROM orders o LEFT JOIN Customers FOR SYSTEM_TIME AS OF \
+             o.proc_time ON o.cust_id = customers.id",
+        );
+        assert!(
+            sql.contains("__sluice_lookup('customers', 'o.proc_time') AS customers"),
+            "{sql}"
+        );
+        // Plain joins are left alone.
+        let sql = rewritten("SELECT * FROM orders o JOIN customers c ON o.cust_id = c.id");
+        assert!(!sql.contains("__sluice_lookup"), "{sql}");
+    }
+
+    #[test]
+    fn other_table_versions_are_rejected_with_their_position() {
+        let e = parse_statement("SELECT *\nFROM t TIMESTAMP AS OF '2024-01-01'")
+            .expect_err("rejected")
+            .to_string();
+        assert!(
+            e.contains("not supported") && e.contains("FOR SYSTEM_TIME AS OF") && e.contains('2'),
+            "{e}"
+        );
+    }
+}
