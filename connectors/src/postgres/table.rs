@@ -219,11 +219,33 @@ impl PostgresTable {
                 .collect::<Result<Vec<_>>>()?,
         };
         if let Some(p) = &partition
+            && p.column == CTID
+        {
+            if matches!(relation, Relation::Query(_)) {
+                return Err(ConnectorError::InvalidOption {
+                    key: "scan.partition.column".into(),
+                    reason: "ctid ranges split a table's pages; a 'query' has none: \
+                             split on a numeric column of the query instead"
+                        .into(),
+                });
+            }
+            if p.bounds.is_some() {
+                return Err(ConnectorError::InvalidOption {
+                    key: "scan.partition.lower-bound".into(),
+                    reason: "ctid ranges are computed from the table's size; remove the bounds"
+                        .into(),
+                });
+            }
+        } else if let Some(p) = &partition
             && !columns.iter().any(|c| c.name == p.column)
         {
             return Err(ConnectorError::InvalidOption {
                 key: "scan.partition.column".into(),
-                reason: format!("the table has no column \"{}\"", p.column),
+                reason: format!(
+                    "the table has no column \"{}\"; name a numeric or time column, \
+                     or 'ctid' to split the table's pages",
+                    p.column
+                ),
             });
         }
         let schema = Arc::new(Schema::new(
@@ -272,6 +294,20 @@ impl PostgresTable {
         let Some(p) = &self.partition else {
             return Ok(vec![None]);
         };
+        if p.column == CTID {
+            let row = client
+                .query_one(
+                    "SELECT (pg_relation_size($1::text::regclass) \
+                       / current_setting('block_size')::bigint)::bigint",
+                    &[&self.relation.sql_source()],
+                )
+                .await
+                .map_err(|e| {
+                    self.conn
+                        .error(Some(&self.relation.label()), "find the size of", e)
+                })?;
+            return Ok(ctid_ranges(row.get::<_, i64>(0), p.num));
+        }
         let col = quote_ident(&p.column);
         let (lo, hi) = match p.bounds {
             Some(b) => b,
@@ -303,6 +339,32 @@ impl PostgresTable {
             .map(Some)
             .collect())
     }
+}
+
+/// `'scan.partition.column' = 'ctid'`: split the table's pages.
+const CTID: &str = "ctid";
+
+/// Conditions splitting a table of `blocks` pages into at most `n` ranges
+/// of pages (`ctid` ranges, read by TID range scans on Postgres 14+). The
+/// last range is open, so pages added since the size was read are read too.
+fn ctid_ranges(blocks: i64, n: usize) -> Vec<Option<String>> {
+    let n = (n.max(1) as i64).min(blocks.max(1));
+    if n == 1 {
+        return vec![None];
+    }
+    let cut = |i: i64| blocks * i / n;
+    (0..n)
+        .map(|i| {
+            let mut conds = vec![];
+            if i > 0 {
+                conds.push(format!("ctid >= '({},0)'::tid", cut(i)));
+            }
+            if i + 1 < n {
+                conds.push(format!("ctid < '({},0)'::tid", cut(i + 1)));
+            }
+            Some(conds.join(" AND "))
+        })
+        .collect()
 }
 
 #[async_trait]
@@ -740,4 +802,25 @@ fn batches(
             Ok(Some((batch, st)))
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ctid_ranges;
+
+    #[test]
+    fn ctid_ranges_cover_every_page_once() {
+        assert_eq!(ctid_ranges(0, 4), vec![None]);
+        assert_eq!(ctid_ranges(100, 1), vec![None]);
+        assert_eq!(
+            ctid_ranges(10, 3),
+            vec![
+                Some("ctid < '(3,0)'::tid".to_string()),
+                Some("ctid >= '(3,0)'::tid AND ctid < '(6,0)'::tid".to_string()),
+                Some("ctid >= '(6,0)'::tid".to_string()),
+            ]
+        );
+        // Never more ranges than pages.
+        assert_eq!(ctid_ranges(2, 8).len(), 2);
+    }
 }

@@ -224,13 +224,22 @@ fn pushdown_and_parallel_reads() -> Result<(), Failed> {
          SELECT count(*) AS n FROM big WHERE k = 3 AND h LIKE 'a%';\n\
          SET 'execution.runtime-mode' = 'batch';\n\
          SET 'sluice.serialize_stage_plans' = 'true';\n\
-         SELECT k, count(*) AS c FROM big GROUP BY k ORDER BY k;\n",
+         SELECT k, count(*) AS c FROM big GROUP BY k ORDER BY k;\n\
+         SET 'execution.runtime-mode' = 'streaming';\n\
+         {};\n\
+         EXPLAIN SELECT id FROM big_pages;\n\
+         SELECT count(*) AS pages_n, sum(id) AS pages_total, count(DISTINCT id) AS pages_ids FROM big_pages;\n",
         pg.declare(
             "big",
             "big",
             ", 'scan.partition.column' = 'id', 'scan.partition.num' = '3'"
         ),
         pg.declare("big_copy", "big_copy", ""),
+        pg.declare(
+            "big_pages",
+            "big",
+            ", 'scan.partition.column' = 'ctid', 'scan.partition.num' = '4'"
+        ),
     );
     let o = sc.run(&["--format", "csv", "-e", &script], None);
     check(o.status.code() == Some(0), "reads run", &o)?;
@@ -276,6 +285,16 @@ fn pushdown_and_parallel_reads() -> Result<(), Failed> {
     check(
         out.contains(&format!("k,c\n{groups}")),
         "staged batch mode (stage plans encoded and decoded) reads the table through a shuffle",
+        &o,
+    )?;
+    check(
+        out.contains("columns=[id], partitions=4"),
+        "EXPLAIN shows the four ctid ranges",
+        &o,
+    )?;
+    check(
+        out.contains("pages_n,pages_total,pages_ids\n20000,200010000,20000\n"),
+        "ctid ranges read every row once",
         &o,
     )?;
     Ok(())
