@@ -176,8 +176,57 @@ pub trait Sink: fmt::Debug + Send + Sync {
     /// Publishes the winning attempts' staged data, once, atomically.
     async fn commit(&self, commit: JobCommit) -> Result<CommitOutcome>;
 
+    /// The first half of a publish that must wait for other sinks (a
+    /// statement set): does everything [`Sink::commit`] does that can fail,
+    /// and leaves only the final, all-or-nothing step to
+    /// [`PreparedCommit::commit`]; [`PreparedCommit::rollback`] undoes it.
+    ///
+    /// The default prepares nothing: the whole publish happens in
+    /// [`PreparedCommit::commit`] ([`PreparedCommit::is_deferred`] says so).
+    async fn prepare_commit(&self, commit: JobCommit) -> Result<Box<dyn PreparedCommit + '_>> {
+        Ok(Box::new(DeferredCommit { sink: self, commit }))
+    }
+
     /// Removes everything the job staged. Safe to call more than once.
     async fn abort(&self, job_id: &str) -> Result<()>;
+}
+
+/// A publish made ready by [`Sink::prepare_commit`], waiting for the word.
+#[async_trait]
+pub trait PreparedCommit: Send {
+    /// True when nothing was prepared and [`Self::commit`] does the whole
+    /// publish, so it may still fail for any reason a commit can.
+    fn is_deferred(&self) -> bool {
+        false
+    }
+
+    /// Makes the prepared publish visible.
+    async fn commit(self: Box<Self>) -> Result<CommitOutcome>;
+
+    /// Undoes the prepared publish; the staged data stays until
+    /// [`Sink::abort`].
+    async fn rollback(self: Box<Self>) -> Result<()>;
+}
+
+/// [`Sink::prepare_commit`] of a sink that cannot prepare: commit later.
+struct DeferredCommit<'a, S: ?Sized> {
+    sink: &'a S,
+    commit: JobCommit,
+}
+
+#[async_trait]
+impl<S: Sink + ?Sized> PreparedCommit for DeferredCommit<'_, S> {
+    fn is_deferred(&self) -> bool {
+        true
+    }
+
+    async fn commit(self: Box<Self>) -> Result<CommitOutcome> {
+        self.sink.commit(self.commit).await
+    }
+
+    async fn rollback(self: Box<Self>) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// The writer of one task attempt.

@@ -20,6 +20,10 @@
 //! overwrite. A failure anywhere before `COMMIT` leaves the target as it
 //! was. Staging tables of a crashed job are dropped by the next job's
 //! `begin` once their lease has expired.
+//!
+//! For a statement set, [`Sink::prepare_commit`] runs the same transaction
+//! (deferred constraints checked too) and keeps it open, with its
+//! connection, until the set says `COMMIT` or `ROLLBACK`.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -39,7 +43,8 @@ use super::{PgConnection, quote_ident, quote_literal, quote_table, split_qualifi
 use crate::error::{ConnectorError, ErrorClass, Result};
 use crate::options::TableOptions;
 use crate::sink::{
-    CommitMessage, CommitOutcome, JobCommit, Sink, SinkDescriptor, SinkWriter, WriteMode,
+    CommitMessage, CommitOutcome, JobCommit, PreparedCommit, Sink, SinkDescriptor, SinkWriter,
+    WriteMode,
 };
 
 /// How long a job's staging tables survive without a heartbeat.
@@ -232,127 +237,47 @@ impl PostgresSink {
             })
             .collect()
     }
-}
 
-#[async_trait]
-impl Sink for PostgresSink {
-    fn target(&self) -> String {
-        format!(
-            "{} (postgres table {} at {})",
-            self.name, self.table, self.conn
-        )
-    }
-
-    fn descriptor(&self) -> Result<SinkDescriptor> {
-        Ok(SinkDescriptor {
-            connector: "postgres".into(),
-            name: self.name.clone(),
-            location: String::new(),
-            format: String::new(),
-            options: self.options.clone(),
-            partition_cols: vec![],
-            primary_key: self.primary_key.clone(),
-            mode: self.mode.clone(),
-        })
-    }
-
-    fn schema(&self) -> SchemaRef {
-        Arc::clone(&self.schema)
-    }
-
-    fn mode(&self) -> &WriteMode {
-        &self.mode
-    }
-
-    async fn begin(&self, _job_id: &str) -> Result<()> {
-        let mut client = self.conn.connect().await?;
-        self.ensure_ledger(&mut client).await?;
-        let swept = self.drop_stages(&client, "lease_until < now()").await?;
-        if swept > 0 {
-            tracing::info!(target = %self.table, swept, "dropped staging tables of expired jobs");
-        }
-        Ok(())
-    }
-
-    async fn heartbeat(&self, job_id: &str) -> Result<()> {
-        let client = self.conn.connect().await?;
+    /// Runs the publish transaction up to, not including, `COMMIT`. On
+    /// [`Publish::Done`] and on errors the transaction is rolled back.
+    async fn publish(&self, client: &Client, commit: &JobCommit) -> Result<Publish> {
         client
-            .execute(
-                &format!(
-                    "UPDATE {} SET lease_until = now() + make_interval(secs => {LEASE_SECONDS}) \
-                     WHERE job_id = $1",
-                    self.staging()
-                ),
-                &[&job_id],
-            )
+            .batch_execute("BEGIN")
             .await
-            .map_err(|e| self.err("renew the staging lease of", e))?;
-        Ok(())
+            .map_err(|e| self.err("commit to", e))?;
+        match self.publish_in_transaction(client, commit).await {
+            Ok(Publish::Ready(outcome)) => Ok(Publish::Ready(outcome)),
+            Ok(Publish::Done(outcome)) => {
+                client
+                    .batch_execute("ROLLBACK")
+                    .await
+                    .map_err(|e| self.err("commit to", e))?;
+                self.abort(&commit.job_id).await?;
+                Ok(Publish::Done(outcome))
+            }
+            Err(e) => {
+                if let Err(rollback) = client.batch_execute("ROLLBACK").await {
+                    tracing::debug!(target = %self.table, "rollback after a failed publish: {rollback}");
+                }
+                Err(e)
+            }
+        }
     }
 
-    async fn open_writer(
-        &self,
-        job_id: &str,
-        task: u64,
-        attempt: u32,
-    ) -> Result<Box<dyn SinkWriter>> {
-        let mut client = self.conn.connect().await?;
-        let columns = self.target_columns(&client).await?;
-        let digest = Sha256::digest(format!("{job_id}/{task}/{attempt}").as_bytes());
-        let stage: String = format!(
-            "_sluice_stage_{}",
-            digest[..12]
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>()
-        );
-        let tx = client
-            .transaction()
+    /// Drops the job's staging tables after its commit; a failure leaves
+    /// them to the sweep.
+    async fn drop_job_stages(&self, client: &Client, job_id: &str) {
+        if let Err(e) = self
+            .drop_stages(client, &format!("job_id = {}", quote_literal(job_id)))
             .await
-            .map_err(|e| self.err("create a staging table for", e))?;
-        tx.batch_execute(&format!(
-            "CREATE UNLOGGED TABLE {} (LIKE {} INCLUDING DEFAULTS);
-             INSERT INTO {} VALUES ({}, {}, {}, now() + make_interval(secs => {LEASE_SECONDS}));",
-            self.stage_table(&stage),
-            quote_table(&self.table),
-            self.staging(),
-            quote_literal(&stage),
-            quote_literal(job_id),
-            quote_literal(&self.table),
-        ))
-        .await
-        .map_err(|e| self.err("create a staging table for", e))?;
-        tx.commit()
-            .await
-            .map_err(|e| self.err("create a staging table for", e))?;
-        let names: Vec<String> = columns.iter().map(|(n, _)| quote_ident(n)).collect();
-        let copy = client
-            .copy_in::<_, Bytes>(&format!(
-                "COPY {} ({}) FROM STDIN (FORMAT binary)",
-                self.stage_table(&stage),
-                names.join(", ")
-            ))
-            .await
-            .map_err(|e| self.err("stage rows for", e))?;
-        let mut buf = BytesMut::with_capacity(SEND_BYTES + 64 * 1024);
-        buf.put_slice(b"PGCOPY\n\xff\r\n\0");
-        buf.put_i32(0); // flags
-        buf.put_i32(0); // header extension length
-        Ok(Box::new(PostgresWriter {
-            sink: Arc::new(self.clone()),
-            client,
-            copy: Some(Box::pin(copy)),
-            stage,
-            columns,
-            buf,
-            task,
-            attempt,
-            bytes: 0,
-        }))
+        {
+            tracing::warn!(target = %self.table, "staging tables left for the sweep: {e}");
+        }
     }
 
-    async fn commit(&self, commit: JobCommit) -> Result<CommitOutcome> {
-        let mut client = self.conn.connect().await?;
+    /// The publish transaction's statements, after `BEGIN`; stops before
+    /// `COMMIT`.
+    async fn publish_in_transaction(&self, tx: &Client, commit: &JobCommit) -> Result<Publish> {
         let mut messages = commit.messages.clone();
         messages.sort_by_key(|m| m.task);
         let stages: Vec<String> = messages
@@ -366,10 +291,6 @@ impl Sink for PostgresSink {
             })
             .collect::<Result<_>>()?;
         let target = quote_table(&self.table);
-        let tx = client
-            .transaction()
-            .await
-            .map_err(|e| self.err("commit to", e))?;
         tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&self.table])
             .await
             .map_err(|e| self.err("lock the commit ledger of", e))?;
@@ -385,13 +306,11 @@ impl Sink for PostgresSink {
             .map_err(|e| self.err("read the commit ledger of", e))?;
         if let Some(row) = done {
             // A retried commit of a job that already committed.
-            drop(tx);
-            self.abort(&commit.job_id).await?;
             let rows: i64 = row.get(0);
-            return Ok(CommitOutcome {
+            return Ok(Publish::Done(CommitOutcome {
                 rows: rows as u64,
                 ..Default::default()
-            });
+            }));
         }
         if let Some(run_id) = &commit.run_id
             && !commit.force
@@ -408,16 +327,14 @@ impl Sink for PostgresSink {
                 .await
                 .map_err(|e| self.err("read the commit ledger of", e))?;
             if seen.is_some() {
-                drop(tx);
-                self.abort(&commit.job_id).await?;
-                return Ok(CommitOutcome {
+                return Ok(Publish::Done(CommitOutcome {
                     skipped: Some(format!(
                         "run id {run_id} was already committed to {}; not appended again \
                          (use --force-rerun to append anyway)",
                         self.name
                     )),
                     ..Default::default()
-                });
+                }));
             }
         }
         if self.mode == WriteMode::Overwrite {
@@ -557,22 +474,161 @@ impl Sink for PostgresSink {
         )
         .await
         .map_err(|e| self.err("record the commit of", e))?;
-        tx.commit().await.map_err(|e| self.err("commit to", e))?;
-        if let Err(e) = self
-            .drop_stages(
-                &client,
-                &format!("job_id = {}", quote_literal(&commit.job_id)),
-            )
+        // Deferred constraints are checked now, not at COMMIT: a prepared
+        // publish must not fail when told to commit.
+        tx.batch_execute("SET CONSTRAINTS ALL IMMEDIATE")
             .await
-        {
-            tracing::warn!(target = %self.table, "staging tables left for the sweep: {e}");
-        }
-        Ok(CommitOutcome {
+            .map_err(|e| self.err("check the constraints of", e))?;
+        Ok(Publish::Ready(CommitOutcome {
             rows,
             bytes: messages.iter().map(|m| m.bytes).sum(),
             files: 0,
             skipped: None,
+        }))
+    }
+}
+
+#[async_trait]
+impl Sink for PostgresSink {
+    fn target(&self) -> String {
+        format!(
+            "{} (postgres table {} at {})",
+            self.name, self.table, self.conn
+        )
+    }
+
+    fn descriptor(&self) -> Result<SinkDescriptor> {
+        Ok(SinkDescriptor {
+            connector: "postgres".into(),
+            name: self.name.clone(),
+            location: String::new(),
+            format: String::new(),
+            options: self.options.clone(),
+            partition_cols: vec![],
+            primary_key: self.primary_key.clone(),
+            mode: self.mode.clone(),
         })
+    }
+
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn mode(&self) -> &WriteMode {
+        &self.mode
+    }
+
+    async fn begin(&self, _job_id: &str) -> Result<()> {
+        let mut client = self.conn.connect().await?;
+        self.ensure_ledger(&mut client).await?;
+        let swept = self.drop_stages(&client, "lease_until < now()").await?;
+        if swept > 0 {
+            tracing::info!(target = %self.table, swept, "dropped staging tables of expired jobs");
+        }
+        Ok(())
+    }
+
+    async fn heartbeat(&self, job_id: &str) -> Result<()> {
+        let client = self.conn.connect().await?;
+        client
+            .execute(
+                &format!(
+                    "UPDATE {} SET lease_until = now() + make_interval(secs => {LEASE_SECONDS}) \
+                     WHERE job_id = $1",
+                    self.staging()
+                ),
+                &[&job_id],
+            )
+            .await
+            .map_err(|e| self.err("renew the staging lease of", e))?;
+        Ok(())
+    }
+
+    async fn open_writer(
+        &self,
+        job_id: &str,
+        task: u64,
+        attempt: u32,
+    ) -> Result<Box<dyn SinkWriter>> {
+        let mut client = self.conn.connect().await?;
+        let columns = self.target_columns(&client).await?;
+        let digest = Sha256::digest(format!("{job_id}/{task}/{attempt}").as_bytes());
+        let stage: String = format!(
+            "_sluice_stage_{}",
+            digest[..12]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        );
+        let tx = client
+            .transaction()
+            .await
+            .map_err(|e| self.err("create a staging table for", e))?;
+        tx.batch_execute(&format!(
+            "CREATE UNLOGGED TABLE {} (LIKE {} INCLUDING DEFAULTS);
+             INSERT INTO {} VALUES ({}, {}, {}, now() + make_interval(secs => {LEASE_SECONDS}));",
+            self.stage_table(&stage),
+            quote_table(&self.table),
+            self.staging(),
+            quote_literal(&stage),
+            quote_literal(job_id),
+            quote_literal(&self.table),
+        ))
+        .await
+        .map_err(|e| self.err("create a staging table for", e))?;
+        tx.commit()
+            .await
+            .map_err(|e| self.err("create a staging table for", e))?;
+        let names: Vec<String> = columns.iter().map(|(n, _)| quote_ident(n)).collect();
+        let copy = client
+            .copy_in::<_, Bytes>(&format!(
+                "COPY {} ({}) FROM STDIN (FORMAT binary)",
+                self.stage_table(&stage),
+                names.join(", ")
+            ))
+            .await
+            .map_err(|e| self.err("stage rows for", e))?;
+        let mut buf = BytesMut::with_capacity(SEND_BYTES + 64 * 1024);
+        buf.put_slice(b"PGCOPY\n\xff\r\n\0");
+        buf.put_i32(0); // flags
+        buf.put_i32(0); // header extension length
+        Ok(Box::new(PostgresWriter {
+            sink: Arc::new(self.clone()),
+            client,
+            copy: Some(Box::pin(copy)),
+            stage,
+            columns,
+            buf,
+            task,
+            attempt,
+            bytes: 0,
+        }))
+    }
+
+    async fn commit(&self, commit: JobCommit) -> Result<CommitOutcome> {
+        let client = self.conn.connect().await?;
+        match self.publish(&client, &commit).await? {
+            Publish::Done(outcome) => Ok(outcome),
+            Publish::Ready(outcome) => {
+                client
+                    .batch_execute("COMMIT")
+                    .await
+                    .map_err(|e| self.err("commit to", e))?;
+                self.drop_job_stages(&client, &commit.job_id).await;
+                Ok(outcome)
+            }
+        }
+    }
+
+    async fn prepare_commit(&self, commit: JobCommit) -> Result<Box<dyn PreparedCommit + '_>> {
+        let client = self.conn.connect().await?;
+        let publish = self.publish(&client, &commit).await?;
+        Ok(Box::new(PreparedPostgres {
+            sink: self,
+            client,
+            job_id: commit.job_id,
+            publish,
+        }))
     }
 
     async fn abort(&self, job_id: &str) -> Result<()> {
@@ -586,6 +642,56 @@ impl Sink for PostgresSink {
             Err(ConnectorError::Database { message, .. }) if message.contains("42P01") => Ok(()),
             Err(e) => Err(e),
         }
+    }
+}
+
+/// What the publish transaction came to.
+enum Publish {
+    /// Nothing to publish (the job or its run id already committed); the
+    /// transaction was rolled back.
+    Done(CommitOutcome),
+    /// The transaction holds the publish; `COMMIT` makes it visible.
+    Ready(CommitOutcome),
+}
+
+/// A publish transaction left open by [`Sink::prepare_commit`].
+struct PreparedPostgres<'a> {
+    sink: &'a PostgresSink,
+    client: Client,
+    job_id: String,
+    publish: Publish,
+}
+
+#[async_trait]
+impl PreparedCommit for PreparedPostgres<'_> {
+    async fn commit(self: Box<Self>) -> Result<CommitOutcome> {
+        let Self {
+            sink,
+            client,
+            job_id,
+            publish,
+        } = *self;
+        match publish {
+            Publish::Done(outcome) => Ok(outcome),
+            Publish::Ready(outcome) => {
+                client
+                    .batch_execute("COMMIT")
+                    .await
+                    .map_err(|e| sink.err("commit to", e))?;
+                sink.drop_job_stages(&client, &job_id).await;
+                Ok(outcome)
+            }
+        }
+    }
+
+    async fn rollback(self: Box<Self>) -> Result<()> {
+        if matches!(self.publish, Publish::Ready(_)) {
+            self.client
+                .batch_execute("ROLLBACK")
+                .await
+                .map_err(|e| self.sink.err("roll back the publish to", e))?;
+        }
+        Ok(())
     }
 }
 
