@@ -87,6 +87,27 @@ pub enum PlannerError {
         /// What failed, with the document's path.
         message: String,
     },
+    /// One INSERT of a statement set failed; nothing of the set was
+    /// published unless `published` says otherwise.
+    #[error(
+        "INSERT {index} of the statement set (into {target}) failed: {source}{}",
+        published_note(.published)
+    )]
+    StatementSet {
+        /// 1-based position of the INSERT in the set.
+        index: usize,
+        /// Its target.
+        target: String,
+        /// 1-based line of the INSERT in the statement.
+        line: u64,
+        /// 1-based column of the INSERT in the statement.
+        column: u64,
+        /// Targets of the set already published when it failed (only a
+        /// failure while publishing can leave any).
+        published: Vec<String>,
+        /// What failed.
+        source: Box<PlannerError>,
+    },
     /// Error from a connector.
     #[error(transparent)]
     Connector(#[from] ConnectorError),
@@ -95,10 +116,22 @@ pub enum PlannerError {
     DataFusion(#[from] DataFusionError),
 }
 
+fn published_note(published: &[String]) -> String {
+    if published.is_empty() {
+        "; no target of the set was changed".to_string()
+    } else {
+        format!(
+            "; ALREADY PUBLISHED before the failure: {}",
+            published.join(", ")
+        )
+    }
+}
+
 impl PlannerError {
     /// Who is at fault.
     pub fn class(&self) -> ErrorClass {
         match self {
+            Self::StatementSet { source, .. } => source.class(),
             Self::Connector(e) => e.class(),
             Self::DataFusion(e) => datafusion_class(e),
             Self::Catalog { .. } => ErrorClass::External,
@@ -108,6 +141,9 @@ impl PlannerError {
 
     /// Whether this is a syntax error (exit code 2 for scripts).
     pub fn is_syntax(&self) -> bool {
+        if let Self::StatementSet { source, .. } = self {
+            return source.is_syntax();
+        }
         matches!(
             self,
             Self::Syntax { .. }
@@ -124,6 +160,13 @@ impl PlannerError {
                 column: Some(c),
                 ..
             } => Some((*l, *c)),
+            // Where the failing INSERT is, unless its own error says better.
+            Self::StatementSet {
+                source,
+                line,
+                column,
+                ..
+            } => source.position().or(Some((*line, *column))),
             Self::DataFusion(e) => {
                 if let Some(d) = e.diagnostic()
                     && let Some(span) = d.span

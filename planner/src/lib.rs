@@ -12,6 +12,7 @@ pub mod lookup;
 pub mod parser;
 pub mod script;
 pub mod session;
+pub mod shared_scan;
 pub mod stages;
 
 pub use catalog::{Catalog, MemoryCatalog, PersistentCatalog, TableEntry};
@@ -21,4 +22,5 @@ pub use parser::{SluiceStatement, parse_statement};
 pub use script::{ScriptStatement, caret_snippet, split, substitute};
 pub use session::{
     DEFAULT_CATALOG, DEFAULT_SCHEMA, Planned, RunContext, SluiceSession, StatementKind, WriteJob,
+    WriteSet,
 };

@@ -21,6 +21,10 @@ use sluice_connectors::{OptionValue, TableOptions};
 
 use crate::error::{PlannerError, Result, position_in_message};
 
+mod statement_set;
+
+pub use statement_set::SetInsert;
+
 /// How a table was declared, to print it back the same way.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DdlStyle {
@@ -113,6 +117,9 @@ pub enum SluiceStatement {
         /// `IF EXISTS`.
         if_exists: bool,
     },
+    /// `EXECUTE STATEMENT SET BEGIN INSERT ...; INSERT ...; END`: several
+    /// writes run as one job.
+    StatementSet(Vec<SetInsert>),
     /// Anything DataFusion plans by itself (queries, views, SHOW, DESCRIBE, EXPLAIN...).
     DataFusion(Box<DfStatement>),
 }
@@ -133,7 +140,10 @@ pub struct CreateConnection {
 impl SluiceStatement {
     /// Whether the statement writes data.
     pub fn is_write(&self) -> bool {
-        matches!(self, Self::Insert(_) | Self::Copy(_))
+        matches!(
+            self,
+            Self::Insert(_) | Self::Copy(_) | Self::StatementSet(_)
+        )
     }
 }
 
@@ -200,6 +210,9 @@ pub fn parse_statement(sql: &str) -> Result<SluiceStatement> {
         Keyword::COPY if second != Keyword::INTO => {
             let mut p = Parser::new(&dialect).with_tokens_with_locations(tokens);
             parse_copy(&mut p).map(|c| SluiceStatement::Copy(Box::new(c)))
+        }
+        Keyword::EXECUTE if second == Keyword::STATEMENT => {
+            statement_set::parse(sql, &tokens).map(SluiceStatement::StatementSet)
         }
         Keyword::SET if !matches!(second, Keyword::TIME | Keyword::ROLE | Keyword::TRANSACTION) => {
             let mut p = Parser::new(&dialect).with_tokens_with_locations(tokens);

@@ -273,19 +273,19 @@ fn is_only_comments(text: &str) -> bool {
 }
 
 /// Maps sqlparser's 1-based (line, column-in-chars) to byte offsets.
-struct LineOffsets<'a> {
+pub(crate) struct LineOffsets<'a> {
     text: &'a str,
     starts: Vec<usize>,
 }
 
 impl<'a> LineOffsets<'a> {
-    fn new(text: &'a str) -> Self {
+    pub(crate) fn new(text: &'a str) -> Self {
         let mut starts = vec![0];
         starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
         Self { text, starts }
     }
 
-    fn offset(&self, line: u64, column: u64) -> usize {
+    pub(crate) fn offset(&self, line: u64, column: u64) -> usize {
         let Some(&start) = self.starts.get(line.saturating_sub(1) as usize) else {
             return self.text.len();
         };

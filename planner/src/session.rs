@@ -26,6 +26,11 @@ use crate::error::{PlannerError, Result};
 use crate::lookup::{BoundTables, LOOKUP_FUNCTION, LookupFunction, SluiceQueryPlanner};
 use crate::parser::{CopySource, CopyTo, CreateTable, SluiceStatement, partition_spec_item};
 
+mod statement_set;
+
+use statement_set::BoundInsert;
+pub use statement_set::WriteSet;
+
 /// What kind of statement ran, for summaries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StatementKind {
@@ -45,6 +50,8 @@ pub enum StatementKind {
     Copy,
     /// A query or SHOW / DESCRIBE / EXPLAIN.
     Query,
+    /// EXECUTE STATEMENT SET.
+    StatementSet,
 }
 
 impl StatementKind {
@@ -59,6 +66,7 @@ impl StatementKind {
             Self::InsertOverwrite => "INSERT OVERWRITE",
             Self::Copy => "COPY",
             Self::Query => "QUERY",
+            Self::StatementSet => "STATEMENT SET",
         }
     }
 }
@@ -103,6 +111,8 @@ pub enum Planned {
     },
     /// A write.
     Write(WriteJob),
+    /// The writes of a statement set, published together.
+    WriteSet(WriteSet),
 }
 
 /// Identity of the running job, for run ids.
@@ -428,6 +438,7 @@ impl SluiceSession {
             SluiceStatement::ShowCreateTable(name) => self.show_create_table(&name).await,
             SluiceStatement::Set { key, value } => self.set(&key, &value),
             SluiceStatement::Insert(insert) => self.plan_insert(*insert, index).await,
+            SluiceStatement::StatementSet(set) => self.plan_statement_set(set, index).await,
             SluiceStatement::CreateConnection(c) => self.create_connection(*c),
             SluiceStatement::DropConnection { name, if_exists } => {
                 self.drop_connection(&name, if_exists)
@@ -754,6 +765,18 @@ impl SluiceSession {
         insert: datafusion::sql::sqlparser::ast::Insert,
         index: usize,
     ) -> Result<Planned> {
+        let run_id = self.run_id(index);
+        let bound = self.bind_insert(insert, run_id).await?;
+        self.write_job(bound.kind, bound.plan, bound.sink, bound.run_id)
+            .await
+    }
+
+    /// An INSERT's logical plan (not yet optimized) and its sink.
+    async fn bind_insert(
+        &self,
+        insert: datafusion::sql::sqlparser::ast::Insert,
+        run_id: Option<String>,
+    ) -> Result<BoundInsert> {
         let TableObject::TableName(target_name) = &insert.table else {
             return Err(PlannerError::Unsupported {
                 what: "INSERT INTO a table function".into(),
@@ -834,8 +857,12 @@ impl SluiceSession {
             StatementKind::Insert
         };
         let sink = table.sink(mode)?;
-        let run_id = self.run_id(index);
-        self.write_job(kind, plan, sink, run_id).await
+        Ok(BoundInsert {
+            kind,
+            plan,
+            sink,
+            run_id,
+        })
     }
 
     async fn plan_copy(&self, copy: CopyTo) -> Result<Planned> {
@@ -1096,6 +1123,15 @@ impl SluiceSession {
             Planned::Query { plan } => datafusion::physical_plan::displayable(plan.as_ref())
                 .indent(true)
                 .to_string(),
+            Planned::WriteSet(set) => set.display(|plan| {
+                Ok::<_, PlannerError>(if staged {
+                    self.stage_graph(plan, false)?.display()
+                } else {
+                    datafusion::physical_plan::displayable(plan.as_ref())
+                        .indent(true)
+                        .to_string()
+                })
+            })?,
             Planned::Done { message, .. } => message.clone(),
         };
         let sql = format!(

@@ -5,6 +5,12 @@
 //! returns a commit message. One message per task wins; when all tasks
 //! succeed the sink commits once, otherwise it aborts and nothing is
 //! published.
+//!
+//! A statement set ([`run_write_set`]) stages all its jobs first; any
+//! failure aborts every sink. Then each sink prepares its publish, in the
+//! set's order (a failure rolls back the prepared ones and aborts all);
+//! then the sinks that could not prepare publish, then the prepared ones
+//! commit.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,9 +21,10 @@ use datafusion::error::DataFusionError;
 use datafusion::execution::TaskContext;
 use datafusion::physical_plan::{ExecutionPlan, collect_partitioned};
 use sluice_connectors::sink::decode_commit_messages;
-use sluice_connectors::{CommitMessage, CommitOutcome, JobCommit};
-use sluice_planner::WriteJob;
+use sluice_connectors::{CommitMessage, CommitOutcome, JobCommit, PreparedCommit};
 use sluice_planner::error::PlannerError;
+use sluice_planner::shared_scan::SharedScanConsumerExec;
+use sluice_planner::{WriteJob, WriteSet};
 
 use crate::staged::StagedRuntime;
 
@@ -33,18 +40,7 @@ pub async fn run_write(
     staged: Option<&StagedRuntime>,
 ) -> Result<(CommitOutcome, Option<u64>), PlannerError> {
     job.sink.begin(&job.job_id).await?;
-    let heartbeat = {
-        let sink = Arc::clone(&job.sink);
-        let job_id = job.job_id.clone();
-        SpawnedTask::spawn(async move {
-            loop {
-                tokio::time::sleep(HEARTBEAT).await;
-                if let Err(e) = sink.heartbeat(&job_id).await {
-                    tracing::warn!(%job_id, error = %e, "could not renew the job's sink lease");
-                }
-            }
-        })
-    };
+    let heartbeat = heartbeat(job);
     let result = match staged {
         Some(runtime) => runtime
             .run_write(Arc::clone(&job.plan), ctx)
@@ -77,6 +73,153 @@ pub async fn run_write(
     }
 }
 
+/// Renews `job`'s sink lease until dropped.
+fn heartbeat(job: &WriteJob) -> SpawnedTask<()> {
+    let sink = Arc::clone(&job.sink);
+    let job_id = job.job_id.clone();
+    SpawnedTask::spawn(async move {
+        loop {
+            tokio::time::sleep(HEARTBEAT).await;
+            if let Err(e) = sink.heartbeat(&job_id).await {
+                tracing::warn!(%job_id, error = %e, "could not renew the job's sink lease");
+            }
+        }
+    })
+}
+
+/// Runs a statement set: stages every job, then publishes them all, or
+/// none if anything fails before the final commits (see the module doc).
+/// Returns each job's outcome, in order, and the rows the set's sources
+/// read (a shared scan counted once).
+pub async fn run_write_set(
+    set: &WriteSet,
+    ctx: Arc<TaskContext>,
+    staged: Option<&StagedRuntime>,
+) -> Result<(Vec<CommitOutcome>, Option<u64>), PlannerError> {
+    let all: Vec<usize> = (0..set.jobs.len()).collect();
+    for (k, job) in set.jobs.iter().enumerate() {
+        if let Err(e) = job.sink.begin(&job.job_id).await {
+            abort_jobs(set, &all).await;
+            return Err(set.error(k, vec![], e.into()));
+        }
+    }
+    let heartbeats: Vec<SpawnedTask<()>> = set.jobs.iter().map(heartbeat).collect();
+    let result = stage_set(set, ctx, staged).await;
+    drop(heartbeats);
+    let (messages, rows_read) = match result {
+        Ok(r) => r,
+        Err((k, e)) => {
+            abort_jobs(set, &all).await;
+            return Err(set.error(k, vec![], e));
+        }
+    };
+
+    // Prepare every publish, in order; nothing is visible yet.
+    let mut prepared: Vec<(usize, Box<dyn PreparedCommit + '_>)> = vec![];
+    for (k, (job, messages)) in set.jobs.iter().zip(messages).enumerate() {
+        let commit = JobCommit {
+            job_id: job.job_id.clone(),
+            run_id: job.run_id.clone(),
+            force: job.force,
+            messages,
+        };
+        match job.sink.prepare_commit(commit).await {
+            Ok(p) => prepared.push((k, p)),
+            Err(e) => {
+                roll_back(set, prepared).await;
+                abort_jobs(set, &all).await;
+                return Err(set.error(k, vec![], e.into()));
+            }
+        }
+    }
+
+    // Publish: sinks that could not prepare first (their commit does the
+    // whole publish and may fail like any commit), then the prepared ones
+    // (their commit is a plain COMMIT), each group in the set's order.
+    prepared.sort_by_key(|(k, p)| (!p.is_deferred(), *k));
+    let mut outcomes: Vec<Option<CommitOutcome>> = vec![None; set.jobs.len()];
+    let mut published: Vec<String> = vec![];
+    let mut pending = prepared.into_iter();
+    while let Some((k, p)) = pending.next() {
+        match p.commit().await {
+            Ok(outcome) => {
+                outcomes[k] = Some(outcome);
+                published.push(set.jobs[k].target.clone());
+            }
+            Err(e) => {
+                roll_back(set, pending.collect()).await;
+                let unpublished: Vec<usize> = (0..set.jobs.len())
+                    .filter(|i| outcomes[*i].is_none())
+                    .collect();
+                abort_jobs(set, &unpublished).await;
+                return Err(set.error(k, published, e.into()));
+            }
+        }
+    }
+    Ok((
+        outcomes
+            .into_iter()
+            .map(|o| o.expect("every job published"))
+            .collect(),
+        rows_read,
+    ))
+}
+
+/// Runs every job's tasks: all at once when pipelined (a shared scan feeds
+/// them together), one job after the other in staged batch mode (which
+/// shares nothing). Fails with the index of the first job that failed.
+async fn stage_set(
+    set: &WriteSet,
+    ctx: Arc<TaskContext>,
+    staged: Option<&StagedRuntime>,
+) -> Result<(Vec<Vec<CommitMessage>>, Option<u64>), (usize, PlannerError)> {
+    if let Some(runtime) = staged {
+        let mut messages = Vec::with_capacity(set.jobs.len());
+        let mut rows = 0;
+        for (k, job) in set.jobs.iter().enumerate() {
+            let (m, r) = runtime
+                .run_write(Arc::clone(&job.plan), Arc::clone(&ctx))
+                .await
+                .map_err(|e| (k, e.into()))?;
+            messages.push(keep_winners(m));
+            rows += r;
+        }
+        return Ok((messages, Some(rows)));
+    }
+    let runs = set.jobs.iter().enumerate().map(|(k, job)| {
+        let ctx = Arc::clone(&ctx);
+        async move {
+            run_tasks(Arc::clone(&job.plan), ctx)
+                .await
+                .map_err(|e| (k, PlannerError::from(e)))
+        }
+    });
+    let messages = futures::future::try_join_all(runs).await?;
+    let rows = set
+        .jobs
+        .iter()
+        .map(|j| rows_read(&j.plan))
+        .chain(set.shared.iter().map(|s| rows_read(s.input())))
+        .sum();
+    Ok((messages, rows))
+}
+
+/// Rolls back prepared publishes; a failure is logged (the transaction
+/// ends with its connection anyway).
+async fn roll_back(set: &WriteSet, prepared: Vec<(usize, Box<dyn PreparedCommit + '_>)>) {
+    for (k, p) in prepared {
+        if let Err(e) = p.rollback().await {
+            tracing::warn!(target = %set.jobs[k].target, error = %e, "could not roll back a prepared publish");
+        }
+    }
+}
+
+async fn abort_jobs(set: &WriteSet, jobs: &[usize]) {
+    for &k in jobs {
+        abort(&set.jobs[k]).await;
+    }
+}
+
 async fn abort(job: &WriteJob) {
     if let Err(e) = job.sink.abort(&job.job_id).await {
         tracing::warn!(job_id = %job.job_id, error = %e, "could not remove staged data; `sluice gc` will");
@@ -105,9 +248,13 @@ fn keep_winners(messages: Vec<CommitMessage>) -> Vec<CommitMessage> {
     winners.into_values().collect()
 }
 
-/// Rows read by the leaves of an executed plan.
+/// Rows read by the leaves of an executed plan. A shared scan's leaf
+/// counts nothing: the set counts its input once.
 pub fn rows_read(plan: &Arc<dyn ExecutionPlan>) -> Option<u64> {
     let children = plan.children();
+    if plan.downcast_ref::<SharedScanConsumerExec>().is_some() {
+        return Some(0);
+    }
     if children.is_empty() {
         return plan
             .metrics()

@@ -41,6 +41,13 @@ pub enum Executed {
         /// Rows read by the plan's sources.
         rows_read: Option<u64>,
     },
+    /// A committed statement set.
+    WrittenSet {
+        /// One entry per INSERT, in the set's order.
+        writes: Vec<SetWrite>,
+        /// Rows read by the set's sources (a shared scan counted once).
+        rows_read: Option<u64>,
+    },
     /// `--dry-run`: the plan that would run.
     Plan {
         /// Statement kind.
@@ -50,6 +57,17 @@ pub enum Executed {
         /// Indented physical plan.
         text: String,
     },
+}
+
+/// What one INSERT of a statement set published.
+#[derive(Debug, Clone)]
+pub struct SetWrite {
+    /// INSERT or INSERT OVERWRITE.
+    pub kind: StatementKind,
+    /// Target.
+    pub target: String,
+    /// What its commit made visible.
+    pub outcome: CommitOutcome,
 }
 
 /// A session running statements in this process.
@@ -161,6 +179,37 @@ impl EmbeddedSession {
                     kind: job.kind,
                     target: job.target.clone(),
                     outcome,
+                    rows_read,
+                })
+            }
+            Planned::WriteSet(set) if self.dry_run => Ok(Executed::Plan {
+                kind: StatementKind::StatementSet,
+                target: Some(
+                    set.jobs
+                        .iter()
+                        .map(|j| j.target.clone())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                ),
+                text: set.display(|plan| plan_text(plan, staged.as_ref(), false))?,
+            }),
+            Planned::WriteSet(set) => {
+                for job in &set.jobs {
+                    on_write(job);
+                }
+                let (outcomes, rows_read) =
+                    coordinator::run_write_set(&set, ctx, staged.as_ref()).await?;
+                Ok(Executed::WrittenSet {
+                    writes: set
+                        .jobs
+                        .iter()
+                        .zip(outcomes)
+                        .map(|(job, outcome)| SetWrite {
+                            kind: job.kind,
+                            target: job.target.clone(),
+                            outcome,
+                        })
+                        .collect(),
                     rows_read,
                 })
             }

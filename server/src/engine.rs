@@ -118,6 +118,9 @@ impl Engine for EmbeddedEngine {
             Executed::Written { outcome, .. } => Ok(EngineOutput::Statement {
                 rows_affected: Some(outcome.rows),
             }),
+            Executed::WrittenSet { writes, .. } => Ok(EngineOutput::Statement {
+                rows_affected: Some(writes.iter().map(|w| w.outcome.rows).sum()),
+            }),
             Executed::Rows { stream, .. } => {
                 let schema = stream.schema();
                 let batches = collect(stream)

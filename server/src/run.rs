@@ -9,7 +9,7 @@ use std::time::Instant;
 use datafusion::prelude::SessionConfig;
 use sluice_planner::error::PlannerError;
 use sluice_planner::{
-    RunContext, ScriptStatement, SluiceStatement, caret_snippet, parse_statement,
+    RunContext, ScriptStatement, SluiceStatement, StatementKind, caret_snippet, parse_statement,
 };
 
 use crate::cli::RunArgs;
@@ -29,6 +29,8 @@ const EXIT_INTERRUPTED: u8 = 130;
 #[derive(Debug)]
 struct Report {
     index: usize,
+    /// The INSERT of a statement set this line is about (1-based).
+    part: Option<usize>,
     line: u64,
     kind: String,
     target: String,
@@ -122,14 +124,15 @@ pub(crate) async fn run(args: RunArgs) -> ExitCode {
             }
         };
         match result {
-            Ok(mut r) => {
-                r.seconds = t0.elapsed().as_secs_f64();
-                reports.push(r);
+            Ok(lines) => {
+                let seconds = t0.elapsed().as_secs_f64();
+                reports.extend(lines.into_iter().map(|r| Report { seconds, ..r }));
             }
             Err(e) => {
                 report_script_error(&text, Some(stmt), &e);
                 reports.push(Report {
                     index: stmt.index,
+                    part: None,
                     line: stmt.line,
                     kind: "FAILED".into(),
                     target: stmt.headline(),
@@ -215,6 +218,7 @@ async fn run_remote(
         match result {
             Ok(o) => reports.push(Report {
                 index: stmt.index,
+                part: None,
                 line: stmt.line,
                 kind: o.kind,
                 target: o.target.unwrap_or_else(|| stmt.headline()),
@@ -232,6 +236,7 @@ async fn run_remote(
                 let _ = text;
                 reports.push(Report {
                     index: stmt.index,
+                    part: None,
                     line: stmt.line,
                     kind: "FAILED".into(),
                     target: stmt.headline(),
@@ -264,7 +269,7 @@ async fn execute(
     parsed: SluiceStatement,
     args: &RunArgs,
     label: &str,
-) -> Result<Report, PlannerError> {
+) -> Result<Vec<Report>, PlannerError> {
     let mut progress: Option<StatementProgress> = None;
     let quiet = args.quiet;
     let executed = {
@@ -280,6 +285,7 @@ async fn execute(
     drop(progress);
     let mut report = Report {
         index: stmt.index,
+        part: None,
         line: stmt.line,
         kind: String::new(),
         target: String::new(),
@@ -325,6 +331,36 @@ async fn execute(
                 report.note = format!("{} files", outcome.files);
             }
         }
+        Executed::WrittenSet { writes, rows_read } => {
+            report.kind = StatementKind::StatementSet.label().into();
+            report.target = format!("{} targets", writes.len());
+            report.rows_read = rows_read;
+            report.rows_written = Some(writes.iter().map(|w| w.outcome.rows).sum());
+            report.bytes = Some(writes.iter().map(|w| w.outcome.bytes).sum());
+            let mut lines = vec![report];
+            for (k, w) in writes.into_iter().enumerate() {
+                let mut line = Report {
+                    index: stmt.index,
+                    part: Some(k + 1),
+                    line: stmt.line,
+                    kind: w.kind.label().into(),
+                    target: w.target,
+                    rows_read: None,
+                    rows_written: Some(w.outcome.rows),
+                    bytes: Some(w.outcome.bytes),
+                    seconds: 0.0,
+                    note: String::new(),
+                };
+                if let Some(skipped) = w.outcome.skipped {
+                    tracing::warn!(statement = stmt.index, insert = k + 1, "{skipped}");
+                    line.note = "skipped: already committed".into();
+                } else if w.outcome.files > 0 {
+                    line.note = format!("{} files", w.outcome.files);
+                }
+                lines.push(line);
+            }
+            return Ok(lines);
+        }
         Executed::Plan { kind, target, text } => {
             println!(
                 "-- statement {} (line {}): {}",
@@ -338,7 +374,7 @@ async fn execute(
             report.note = "planned".into();
         }
     }
-    Ok(report)
+    Ok(vec![report])
 }
 
 fn read_script(args: &RunArgs) -> Result<(String, Option<String>), String> {
@@ -404,7 +440,7 @@ fn print_summary(
     let mut out = format!(
         "\n{} {} of {} statements in {:.2} s{}\n",
         if failed { "FAILED:" } else { "OK:" },
-        reports.len(),
+        reports.iter().filter(|r| r.part.is_none()).count(),
         total,
         seconds,
         if dry_run {
@@ -423,9 +459,13 @@ fn print_summary(
         } else {
             format!("{} ({})", r.target, r.note)
         };
+        let index = match r.part {
+            Some(k) => format!("{}.{k}", r.index),
+            None => r.index.to_string(),
+        };
         out.push_str(&format!(
             "  {:>3}  {:>5}  {:<17} {:>10} {:>12} {:>10} {:>8.2}  {}\n",
-            r.index,
+            index,
             r.line,
             r.kind,
             opt(r.rows_read),

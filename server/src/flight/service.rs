@@ -289,6 +289,28 @@ impl SluiceFlightSql {
                             }),
                         }
                     }
+                    Executed::WrittenSet { writes, rows_read } => {
+                        let rows: u64 = writes.iter().map(|w| w.outcome.rows).sum();
+                        self.state.count(&metrics.rows_written, rows);
+                        let targets: Vec<&str> = writes.iter().map(|w| w.target.as_str()).collect();
+                        Ran::Count {
+                            rows: rows as i64,
+                            summary: serde_json::json!({
+                                "kind": sluice_planner::StatementKind::StatementSet.label(),
+                                "target": targets.join(", "),
+                                "rows_written": rows,
+                                "rows_read": rows_read,
+                                "bytes": writes.iter().map(|w| w.outcome.bytes).sum::<u64>(),
+                                "files": writes.iter().map(|w| w.outcome.files).sum::<u64>(),
+                                "writes": writes.iter().map(|w| serde_json::json!({
+                                    "kind": w.kind.label(),
+                                    "target": w.target,
+                                    "rows_written": w.outcome.rows,
+                                    "skipped": w.outcome.skipped,
+                                })).collect::<Vec<_>>(),
+                            }),
+                        }
+                    }
                     Executed::Rows { .. } | Executed::Plan { .. } => {
                         return Err(Status::internal("a write produced rows"));
                     }

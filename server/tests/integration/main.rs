@@ -11,6 +11,7 @@ mod mysql;
 mod postgres;
 mod s3;
 mod staged;
+mod statement_set;
 mod support;
 
 use std::path::PathBuf;
@@ -47,6 +48,7 @@ fn main() -> ExitCode {
     trials.extend(clickhouse::trials());
     trials.extend(lookup::trials());
     trials.extend(staged::trials());
+    trials.extend(statement_set::trials());
     trials.extend(flight::trials());
     trials.extend(flight::slt_trials(&config, &suites));
     let staged = RunnerConfig {
