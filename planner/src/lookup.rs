@@ -51,7 +51,7 @@ use datafusion::logical_expr::{
 use datafusion::physical_expr::{EquivalenceProperties, Partitioning, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::EmissionType;
 use datafusion::physical_plan::metrics::{
-    BaselineMetrics, Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet,
+    BaselineMetrics, Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet, RecordOutput,
 };
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
@@ -933,8 +933,8 @@ impl ExecutionPlan for LookupJoinExec {
                 let timer = metrics.baseline.elapsed_compute().timer();
                 let out = joiner.join(batch, &context, &metrics).await?;
                 timer.done();
-                metrics.baseline.record_output(out.num_rows());
-                Ok(out)
+                // Rows, batches and bytes.
+                Ok(out.record_output(&metrics.baseline))
             }
         });
         Ok(Box::pin(RecordBatchStreamAdapter::new(
