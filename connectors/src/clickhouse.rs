@@ -31,6 +31,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+use crate::database::hash_hex;
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::compute::cast;
 use arrow::datatypes::{
@@ -44,7 +45,6 @@ use datafusion::catalog::Session;
 use datafusion::datasource::{TableProvider, TableType};
 use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
-use sha2::{Digest, Sha256};
 
 use crate::error::{ConnectorError, ErrorClass, Result};
 use crate::factory::TableSpec;
@@ -758,13 +758,6 @@ impl ClickHouseSink {
             .collect::<Vec<_>>()
             .join(", ")
     }
-}
-
-fn hash_hex(s: &str, bytes: usize) -> String {
-    Sha256::digest(s.as_bytes())[..bytes]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 #[async_trait]

@@ -10,6 +10,7 @@ use datafusion::common::{Column, ScalarValue};
 use datafusion::logical_expr::{Expr, Operator};
 use datafusion::sql::unparser::Unparser;
 use datafusion::sql::unparser::dialect::Dialect;
+use sha2::{Digest, Sha256};
 
 use crate::error::{ConnectorError, Result};
 use crate::options::TableOptions;
@@ -311,6 +312,15 @@ pub(crate) fn same_family(a: &DataType, b: &DataType) -> bool {
         (List(x), List(y)) => same_family(x.data_type(), y.data_type()),
         _ => a == b || (family(a) != 0 && family(a) == family(b)),
     }
+}
+
+/// The first `bytes` bytes of the SHA-256 of `s`, in hex: short, stable
+/// names for staging tables and locks derived from job and task ids.
+pub(crate) fn hash_hex(s: &str, bytes: usize) -> String {
+    Sha256::digest(s.as_bytes())[..bytes]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Parses `connect.timeout`-style durations: `10s`, `500ms`, `2min`.

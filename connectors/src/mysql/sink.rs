@@ -28,12 +28,12 @@
 
 use std::sync::Arc;
 
+use crate::database::hash_hex;
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use mysql_async::Conn;
 use mysql_async::prelude::Queryable;
-use sha2::{Digest, Sha256};
 
 use super::types::LiteralWriter;
 use super::{MyConnection, quote_ident, quote_literal, quote_table, split_qualified};
@@ -396,7 +396,7 @@ impl MySqlSink {
             staged_rows as i64,
         );
         if self.mode == WriteMode::Overwrite && !self.referenced(client).await? {
-            let tag = short_hash(&commit.job_id);
+            let tag = hash_hex(&commit.job_id, 12);
             let new = format!("_sluice_new_{tag}");
             let old = format!("_sluice_old_{tag}");
             self.register(client, &new, &commit.job_id).await?;
@@ -462,13 +462,6 @@ impl MySqlSink {
             skipped: None,
         })
     }
-}
-
-fn short_hash(s: &str) -> String {
-    Sha256::digest(s.as_bytes())[..12]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 #[async_trait]
@@ -537,7 +530,7 @@ impl Sink for MySqlSink {
         let mut client = self.conn.connect().await?;
         let stage = format!(
             "_sluice_stage_{}",
-            short_hash(&format!("{job_id}/{task}/{attempt}"))
+            hash_hex(&format!("{job_id}/{task}/{attempt}"), 12)
         );
         self.register(&mut client, &stage, job_id).await?;
         // The target's column types without its keys (rows may repeat a key
@@ -587,7 +580,7 @@ impl Sink for MySqlSink {
         // Lock names are limited to 64 characters.
         let lock = format!(
             "sluice:{}",
-            short_hash(&format!("{}/{}", self.conn.endpoint(), self.table))
+            hash_hex(&format!("{}/{}", self.conn.endpoint(), self.table), 12)
         );
         let got: Option<i64> = client
             .exec_first("SELECT GET_LOCK(?, ?)", (&lock, COMMIT_LOCK_SECONDS))

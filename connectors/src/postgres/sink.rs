@@ -28,13 +28,13 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
+use crate::database::hash_hex;
 use arrow::array::{Array, ArrayRef, RecordBatch};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, SchemaRef};
 use async_trait::async_trait;
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::SinkExt;
-use sha2::{Digest, Sha256};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, CopyInSink};
 
@@ -552,13 +552,9 @@ impl Sink for PostgresSink {
     ) -> Result<Box<dyn SinkWriter>> {
         let mut client = self.conn.connect().await?;
         let columns = self.target_columns(&client).await?;
-        let digest = Sha256::digest(format!("{job_id}/{task}/{attempt}").as_bytes());
-        let stage: String = format!(
+        let stage = format!(
             "_sluice_stage_{}",
-            digest[..12]
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>()
+            hash_hex(&format!("{job_id}/{task}/{attempt}"), 12)
         );
         let tx = client
             .transaction()
