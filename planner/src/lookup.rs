@@ -23,7 +23,7 @@
 //! evaluated.
 
 use std::cmp::Ordering;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::num::NonZeroUsize;
 use std::ops::ControlFlow;
@@ -608,11 +608,12 @@ impl Lookup {
     ) -> DfResult<HashMap<Box<[u8]>, Arc<Vec<OwnedRow>>>> {
         let mut resolved: HashMap<Box<[u8]>, Arc<Vec<OwnedRow>>> = HashMap::new();
         let mut missing: Vec<usize> = vec![];
+        let mut seen: HashSet<&[u8]> = HashSet::new();
         {
             let mut cache = self.cache.lock().expect("lookup cache lock");
             for &i in wanted {
                 let key = rows.row(i);
-                if resolved.contains_key(key.as_ref()) || missing_has(&missing, rows, key) {
+                if !seen.insert(key.data()) {
                     continue;
                 }
                 let ttl = self.options.cache_ttl;
@@ -719,10 +720,6 @@ impl Lookup {
         }
         Ok(grouped)
     }
-}
-
-fn missing_has(missing: &[usize], rows: &arrow::row::Rows, key: arrow::row::Row<'_>) -> bool {
-    missing.iter().any(|&m| rows.row(m) == key)
 }
 
 /// How probe batches are joined; shared by the partitions of a
