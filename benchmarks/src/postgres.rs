@@ -2,8 +2,10 @@
 //! `psql \copy`, in one invocation, round robin.
 //!
 //! - Parquet -> Postgres: `sluice run` with `INSERT OVERWRITE` from a Parquet
-//!   file of TPC-H `lineitem`, against `psql` running `TRUNCATE` then
-//!   `\copy ... FROM` the same rows as CSV and as Postgres' binary format.
+//!   file of TPC-H `lineitem` (the default `'sink.transaction'`, and
+//!   `'staged'`), and with `INSERT INTO` the table emptied beforehand
+//!   (unmeasured), against `psql` running `TRUNCATE` then `\copy ... FROM`
+//!   the same rows as CSV and as Postgres' binary format.
 //! - Postgres -> Parquet: `sluice run` with `COPY (SELECT * FROM t) TO
 //!   '...parquet'`, against `psql \copy ... TO` a CSV and a binary file.
 //!
@@ -62,6 +64,8 @@ pub(crate) const COLUMNS: &str = "l_orderkey bigint NOT NULL, \
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Job {
     SluiceLoad,
+    SluiceStagedLoad,
+    SluiceAppend,
     CsvLoad,
     BinaryLoad,
     SluiceExport,
@@ -70,12 +74,20 @@ enum Job {
 }
 
 impl Job {
-    const LOADS: [Job; 3] = [Job::SluiceLoad, Job::CsvLoad, Job::BinaryLoad];
+    const LOADS: [Job; 5] = [
+        Job::SluiceLoad,
+        Job::SluiceStagedLoad,
+        Job::SluiceAppend,
+        Job::CsvLoad,
+        Job::BinaryLoad,
+    ];
     const EXPORTS: [Job; 3] = [Job::SluiceExport, Job::CsvExport, Job::BinaryExport];
 
     fn label(self) -> &'static str {
         match self {
             Self::SluiceLoad => "sluice INSERT OVERWRITE",
+            Self::SluiceStagedLoad => "sluice OVERWRITE, staged",
+            Self::SluiceAppend => "sluice INSERT INTO empty",
             Self::CsvLoad => "psql \\copy FROM csv",
             Self::BinaryLoad => "psql \\copy FROM binary",
             Self::SluiceExport => "sluice COPY TO parquet",
@@ -87,16 +99,14 @@ impl Job {
     fn slug(self) -> &'static str {
         match self {
             Self::SluiceLoad => "sluice-load",
+            Self::SluiceStagedLoad => "sluice-staged-load",
+            Self::SluiceAppend => "sluice-append",
             Self::CsvLoad => "psql-csv-load",
             Self::BinaryLoad => "psql-binary-load",
             Self::SluiceExport => "sluice-export",
             Self::CsvExport => "psql-csv-export",
             Self::BinaryExport => "psql-binary-export",
         }
-    }
-
-    fn is_load(self) -> bool {
-        Self::LOADS.contains(&self)
     }
 }
 
@@ -279,8 +289,8 @@ pub(crate) fn run(args: &PostgresArgs) -> Result<bool> {
         })
         .collect();
     for round in 0..args.runs {
-        for group in [&Job::LOADS, &Job::EXPORTS] {
-            if group == &Job::EXPORTS {
+        for group in [&Job::LOADS[..], &Job::EXPORTS[..]] {
+            if group == &Job::EXPORTS[..] {
                 // Loads leave fresh tuples: the first reader would set their
                 // hint bits (writing every page). Vacuum first, unmeasured,
                 // and make sure the table holds the rows to export.
@@ -365,8 +375,13 @@ struct Bench {
 impl Bench {
     /// `CREATE TABLE` of the Postgres table in Sluice.
     fn sluice_table(&self, partitioned: bool) -> String {
+        self.sluice_table_with(partitioned, "")
+    }
+
+    /// [`Self::sluice_table`] with more `options` (`, 'key' = 'value'`).
+    fn sluice_table_with(&self, partitioned: bool, options: &str) -> String {
         let mut ddl = format!(
-            "CREATE TABLE li WITH ('connector' = 'postgres', 'url' = '{}', 'table' = '{}'",
+            "CREATE TABLE li WITH ('connector' = 'postgres', 'url' = '{}', 'table' = '{}'{options}",
             self.pg.url(),
             self.pg.table
         );
@@ -381,16 +396,21 @@ impl Bench {
         ddl
     }
 
-    fn load_script(&self, rows: u64) -> String {
+    fn load_script(&self, job: Job, rows: u64) -> String {
         let limit = if rows < self.rows {
             format!(" LIMIT {rows}")
         } else {
             String::new()
         };
+        let (options, insert) = match job {
+            Job::SluiceStagedLoad => (", 'sink.transaction' = 'staged'", "INSERT OVERWRITE"),
+            Job::SluiceAppend => ("", "INSERT INTO"),
+            _ => ("", "INSERT OVERWRITE"),
+        };
         format!(
             "{}CREATE EXTERNAL TABLE src STORED AS PARQUET LOCATION '{}';\n\
-             INSERT OVERWRITE li SELECT * FROM src{limit};\n",
-            self.sluice_table(false),
+             {insert} li SELECT * FROM src{limit};\n",
+            self.sluice_table_with(false, options),
             self.files.parquet.display()
         )
     }
@@ -412,9 +432,16 @@ impl Bench {
             cmd
         };
         match job {
-            Job::SluiceLoad => {
+            Job::SluiceLoad | Job::SluiceStagedLoad | Job::SluiceAppend => {
                 let mut cmd = Command::new(&self.sluice);
-                cmd.args(["run", "-q", "-e", &self.load_script(rows)]);
+                // A fresh run id each time, so an append is never skipped as a re-run.
+                cmd.args([
+                    "run",
+                    "-q",
+                    "--force-rerun",
+                    "-e",
+                    &self.load_script(job, rows),
+                ]);
                 cmd
             }
             Job::SluiceExport => {
@@ -455,6 +482,9 @@ impl Bench {
         cmd.stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file);
+        if job == Job::SluiceAppend {
+            self.pg.exec(&[&format!("TRUNCATE {}", self.pg.table)])?;
+        }
         self.pg.exec(&["CHECKPOINT"])?;
         measure::sync_disks();
         let m = measure::run(&mut cmd)?;
@@ -469,7 +499,11 @@ impl Bench {
             )));
         }
         let written = match job {
-            Job::SluiceLoad | Job::CsvLoad | Job::BinaryLoad => self.pg.count()?,
+            Job::SluiceLoad
+            | Job::SluiceStagedLoad
+            | Job::SluiceAppend
+            | Job::CsvLoad
+            | Job::BinaryLoad => self.pg.count()?,
             Job::SluiceExport => match output.as_deref().map(parquet_rows) {
                 Some(Ok(rows)) => rows,
                 Some(Err(e)) => return Ok(Err(format!("unreadable output: {e:#}"))),
@@ -666,8 +700,8 @@ fn render(
         );
     };
     for (title, group) in [
-        ("Parquet -> Postgres", &Job::LOADS),
-        ("Postgres -> file", &Job::EXPORTS),
+        ("Parquet -> Postgres", &Job::LOADS[..]),
+        ("Postgres -> file", &Job::EXPORTS[..]),
     ] {
         header(&mut s, title);
         for job in group.iter() {
@@ -704,7 +738,12 @@ fn render(
     );
 
     let _ = writeln!(s, "\npeak RSS of each sluice run, MiB");
-    for job in [Job::SluiceLoad, Job::SluiceExport] {
+    for job in [
+        Job::SluiceLoad,
+        Job::SluiceStagedLoad,
+        Job::SluiceAppend,
+        Job::SluiceExport,
+    ] {
         if let Some(r) = results.iter().find(|r| r.job == job) {
             let each: Vec<String> = r
                 .runs
@@ -728,20 +767,18 @@ fn render(
     for (sluice, peer) in [
         (Job::SluiceLoad, Job::CsvLoad),
         (Job::SluiceLoad, Job::BinaryLoad),
+        (Job::SluiceStagedLoad, Job::BinaryLoad),
+        (Job::SluiceAppend, Job::BinaryLoad),
         (Job::SluiceExport, Job::CsvExport),
         (Job::SluiceExport, Job::BinaryExport),
     ] {
-        let what = format!(
-            "{} vs {}",
-            if sluice.is_load() { "load" } else { "export" },
-            peer.label()
-        );
+        let what = format!("{} vs {}", sluice.label(), peer.label());
         match (wall(sluice), wall(peer)) {
             (Some(a), Some(b)) => {
-                let _ = writeln!(s, "  {what:<36} {:>6.2}x", a / b);
+                let _ = writeln!(s, "  {what:<50} {:>6.2}x", a / b);
             }
             _ => {
-                let _ = writeln!(s, "  {what:<36} {:>7}", "-");
+                let _ = writeln!(s, "  {what:<50} {:>7}", "-");
             }
         }
     }
@@ -823,13 +860,13 @@ mod tests {
             rows: 100,
             read_partitions: 1,
         };
-        let full = bench.load_script(100);
+        let full = bench.load_script(Job::SluiceLoad, 100);
         assert!(full.contains("'url' = 'postgres://postgres@127.0.0.1:5432/test'"));
         assert!(full.contains("LOCATION '/d/lineitem-100.parquet'"));
         assert!(full.ends_with("INSERT OVERWRITE li SELECT * FROM src;\n"));
         assert!(
             bench
-                .load_script(25)
+                .load_script(Job::SluiceLoad, 25)
                 .contains("SELECT * FROM src LIMIT 25;")
         );
     }

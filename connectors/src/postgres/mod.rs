@@ -48,6 +48,7 @@ pub const POSTGRES_OPTIONS: &[&str] = &[
     "scan.partition.upper-bound",
     "types.unmapped",
     "sink.upsert.duplicates",
+    "sink.transaction",
     "lookup.cache.max-rows",
     "lookup.cache.ttl",
 ];

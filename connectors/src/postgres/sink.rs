@@ -1,25 +1,47 @@
 //! Writing into a Postgres table through the two-phase sink protocol.
 //!
-//! Each task attempt creates an unlogged staging table shaped like the
-//! target (`_sluice_stage_<hash>`, registered in `_sluice_staging` with a
-//! lease in the same transaction) and fills it with binary
-//! `COPY ... FROM STDIN`. The commit is one transaction on the target:
+//! A task attempt writes its rows with binary `COPY ... FROM STDIN` in one
+//! of two ways (`'sink.transaction'`):
+//!
+//! - **prepared** (the default where the server allows it: appends and
+//!   overwrites of tables without a unique index, on a server with
+//!   `max_prepared_transactions` above 0): the attempt copies straight into the target inside its own
+//!   transaction and ends with `PREPARE TRANSACTION 'sluice_<hash>'`. The
+//!   rows are written once, by every task in parallel, and stay invisible.
+//!   For an overwrite, task 0's transaction also deletes the old rows
+//!   (`DELETE`: a `TRUNCATE` would wait for the other tasks' transactions).
+//!   Each attempt is registered in `_sluice_prepared` with a lease before it
+//!   begins.
+//! - **staged**: the attempt fills an unlogged staging table shaped like the
+//!   target (`_sluice_stage_<hash>`, registered in `_sluice_staging` with a
+//!   lease), which the commit copies into the target. Upserts always stage.
+//!
+//! The commit is one transaction on the target:
 //!
 //! ```text
 //! BEGIN;
 //!   lock the target's ledger entry; skip if the job or its run id already committed
-//!   TRUNCATE target (overwrite; DELETE when foreign keys forbid TRUNCATE)
+//!   overwrite, unless task 0 cleared it: TRUNCATE target (DELETE when foreign
+//!     keys forbid TRUNCATE, or while prepared tasks hold the table)
 //!   INSERT INTO target SELECT ... FROM each winning staging table
 //!     (upsert: one INSERT ... ON CONFLICT (key) DO UPDATE, duplicates checked first)
 //!   INSERT INTO _sluice_commits (target, job_id, run_id, ...)
+//!   mark the winning prepared transactions decided in _sluice_prepared
 //! COMMIT;
+//! COMMIT PREPARED each winning attempt; ROLLBACK PREPARED the others
 //! DROP the staging tables
 //! ```
 //!
 //! The target keeps its OID, so views, grants and foreign keys survive an
-//! overwrite. A failure anywhere before `COMMIT` leaves the target as it
-//! was. Staging tables of a crashed job are dropped by the next job's
-//! `begin` once their lease has expired.
+//! overwrite. A failure anywhere before the ledger's `COMMIT` leaves the
+//! target as it was. After it, the decision is durable: prepared
+//! transactions left by a crash in between are committed by the next job's
+//! `begin` on the same schema ("rolled forward"). What the prepared way
+//! gives up is one visibility instant for readers: the tasks' rows appear
+//! one task after another, within the milliseconds of the `COMMIT
+//! PREPARED`s. Staging tables and undecided prepared transactions of a
+//! crashed job are removed by the next job's `begin` once their lease has
+//! expired.
 //!
 //! For a statement set, [`Sink::prepare_commit`] runs the same transaction
 //! (deferred constraints checked too) and keeps it open, with its
@@ -51,8 +73,66 @@ use crate::sink::{
 const LEASE_SECONDS: i64 = 600;
 /// Bytes of encoded rows sent to the server at once.
 const SEND_BYTES: usize = 1 << 20;
+/// How long aborting a job waits for its cancelled writers to end.
+const RESOLVE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 /// Advisory lock key serialising creation of the ledger tables.
 const LEDGER_LOCK: i64 = 0x511C_E1ED;
+
+/// How task attempts write (`'sink.transaction'`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transaction {
+    /// Prepared where the server and the table allow it, staged otherwise.
+    Auto,
+    /// Straight into the target, one prepared transaction per attempt.
+    Prepared,
+    /// Into staging tables copied by the commit.
+    Staged,
+}
+
+/// What one winning attempt wrote, from its commit message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Written {
+    /// Rows in a staging table.
+    Stage(String),
+    /// Rows in the target, in a prepared transaction; `cleared` when that
+    /// transaction also deleted the old rows (an overwrite's task 0).
+    Prepared { gid: String, cleared: bool },
+}
+
+impl Written {
+    /// What a failed `COPY` was doing, for its error.
+    fn action(&self) -> &'static str {
+        match self {
+            Self::Stage(_) => "stage rows for",
+            Self::Prepared { .. } => "write rows into",
+        }
+    }
+
+    fn payload(&self) -> serde_json::Value {
+        match self {
+            Self::Stage(stage) => serde_json::json!({ "stage": stage }),
+            Self::Prepared { gid, cleared } => {
+                serde_json::json!({ "prepared": gid, "cleared": cleared })
+            }
+        }
+    }
+
+    fn from_payload(payload: &serde_json::Value) -> Result<Self> {
+        if let Some(stage) = payload.get("stage").and_then(|s| s.as_str()) {
+            return Ok(Self::Stage(stage.to_string()));
+        }
+        if let Some(gid) = payload.get("prepared").and_then(|s| s.as_str()) {
+            let cleared = payload.get("cleared").and_then(|c| c.as_bool()) == Some(true);
+            return Ok(Self::Prepared {
+                gid: gid.to_string(),
+                cleared,
+            });
+        }
+        Err(ConnectorError::Internal(format!(
+            "postgres commit message without stage or prepared transaction: {payload}"
+        )))
+    }
+}
 
 /// What to do when the rows of one upsert repeat a key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +151,7 @@ pub struct PostgresSink {
     schema: SchemaRef,
     primary_key: Vec<String>,
     duplicates: Duplicates,
+    transaction: Transaction,
     mode: WriteMode,
 }
 
@@ -104,6 +185,30 @@ impl PostgresSink {
                 });
             }
         };
+        let transaction = match options.literal("sink.transaction")? {
+            None | Some("auto") => Transaction::Auto,
+            Some("prepared") => Transaction::Prepared,
+            Some("staged") => Transaction::Staged,
+            Some(v) => {
+                return Err(ConnectorError::InvalidOption {
+                    key: "sink.transaction".into(),
+                    reason: format!("'{v}' is not 'auto', 'prepared' or 'staged'"),
+                });
+            }
+        };
+        if transaction == Transaction::Prepared
+            && !primary_key.is_empty()
+            && mode == WriteMode::Append
+        {
+            return Err(ConnectorError::InvalidOption {
+                key: "sink.transaction".into(),
+                reason: format!(
+                    "an upsert into {name} (PRIMARY KEY ({})) merges staged rows in one \
+                     transaction; remove 'sink.transaction' = 'prepared' or set it to 'staged'",
+                    primary_key.join(", ")
+                ),
+            });
+        }
         Ok(Self {
             name,
             options,
@@ -112,8 +217,13 @@ impl PostgresSink {
             schema,
             primary_key,
             duplicates,
+            transaction,
             mode,
         })
+    }
+
+    fn is_upsert(&self) -> bool {
+        !self.primary_key.is_empty() && self.mode == WriteMode::Append
     }
 
     /// `"schema".` of the target, or empty when the name is unqualified.
@@ -132,6 +242,10 @@ impl PostgresSink {
 
     fn staging(&self) -> String {
         format!("{}_sluice_staging", self.schema_prefix())
+    }
+
+    fn prepared(&self) -> String {
+        format!("{}_sluice_prepared", self.schema_prefix())
     }
 
     fn stage_table(&self, name: &str) -> String {
@@ -154,6 +268,120 @@ impl PostgresSink {
         }
     }
 
+    /// A task attempt writing straight into the target inside a
+    /// transaction that [`SinkWriter::finish`] prepares.
+    async fn open_prepared_writer(
+        &self,
+        client: Client,
+        columns: Vec<(String, PgKind)>,
+        job_id: &str,
+        task: u64,
+        attempt: u32,
+    ) -> Result<Box<dyn SinkWriter>> {
+        // A new attempt means the earlier ones of this task lost: roll back
+        // what they prepared, so their locks go.
+        self.resolve_prepared(
+            &client,
+            &format!(
+                "job_id = {} AND task = {task} AND NOT decided",
+                quote_literal(job_id)
+            ),
+            true,
+        )
+        .await?;
+        let gid = format!(
+            "sluice_{}",
+            hash_hex(&format!("{}/{job_id}/{task}/{attempt}", self.table), 16)
+        );
+        client
+            .execute(
+                &format!(
+                    "INSERT INTO {} (gid, job_id, target, task, lease_until) \
+                     VALUES ($1, $2, $3, $4, now() + make_interval(secs => {LEASE_SECONDS}))",
+                    self.prepared()
+                ),
+                &[&gid, &job_id, &self.table, &(task as i64)],
+            )
+            .await
+            .map_err(|e| self.err("register the transaction of a task writing to", e))?;
+        client
+            .batch_execute("BEGIN")
+            .await
+            .map_err(|e| self.err("write to", e))?;
+        // Held until the transaction ends, prepared or not: see `resolve_prepared`.
+        let held = client
+            .query_opt(
+                &format!(
+                    "SELECT 1 FROM {} WHERE gid = $1 FOR KEY SHARE",
+                    self.prepared()
+                ),
+                &[&gid],
+            )
+            .await
+            .map_err(|e| self.err("register the transaction of a task writing to", e))?;
+        if held.is_none() {
+            return Err(ConnectorError::Internal(format!(
+                "task {task} attempt {attempt} writing to {} was given up by its job",
+                self.table
+            )));
+        }
+        // An overwrite's old rows go in task 0's transaction, in parallel
+        // with the other tasks' writes.
+        let cleared = self.mode == WriteMode::Overwrite && task == 0;
+        if cleared {
+            client
+                .batch_execute(&format!("DELETE FROM {}", quote_table(&self.table)))
+                .await
+                .map_err(|e| self.err("clear", e))?;
+        }
+        let into = quote_table(&self.table);
+        self.writer(
+            client,
+            columns,
+            &into,
+            Written::Prepared { gid, cleared },
+            task,
+            attempt,
+        )
+        .await
+    }
+
+    /// Starts the binary `COPY` of a writer into `into`.
+    async fn writer(
+        &self,
+        client: Client,
+        columns: Vec<(String, PgKind)>,
+        into: &str,
+        written: Written,
+        task: u64,
+        attempt: u32,
+    ) -> Result<Box<dyn SinkWriter>> {
+        let names: Vec<String> = columns.iter().map(|(n, _)| quote_ident(n)).collect();
+        let action = written.action();
+        let copy = client
+            .copy_in::<_, Bytes>(&format!(
+                "COPY {into} ({}) FROM STDIN (FORMAT binary)",
+                names.join(", ")
+            ))
+            .await
+            .map_err(|e| self.err(action, e))?;
+        let mut buf = BytesMut::with_capacity(SEND_BYTES + 64 * 1024);
+        buf.put_slice(b"PGCOPY\n\xff\r\n\0");
+        buf.put_i32(0); // flags
+        buf.put_i32(0); // header extension length
+        Ok(Box::new(PostgresWriter {
+            sink: Arc::new(self.clone()),
+            client,
+            copy: Some(Box::pin(copy)),
+            written,
+            columns,
+            buf,
+            task,
+            attempt,
+            bytes: 0,
+        }))
+    }
+
     async fn ensure_ledger(&self, client: &mut Client) -> Result<()> {
         let tx = client
             .transaction()
@@ -167,9 +395,14 @@ impl PostgresSink {
                PRIMARY KEY (target, job_id));
              CREATE TABLE IF NOT EXISTS {} (
                stage_table text PRIMARY KEY, job_id text NOT NULL, target text NOT NULL,
+               lease_until timestamptz NOT NULL);
+             CREATE TABLE IF NOT EXISTS {} (
+               gid text PRIMARY KEY, job_id text NOT NULL, target text NOT NULL,
+               task bigint NOT NULL, decided boolean NOT NULL DEFAULT false,
                lease_until timestamptz NOT NULL);",
             self.ledger(),
-            self.staging()
+            self.staging(),
+            self.prepared()
         ))
         .await
         .map_err(|e| self.err("prepare the commit ledger of", e))?;
@@ -200,6 +433,120 @@ impl PostgresSink {
                 .map_err(|e| self.err("drop a staging table of", e))?;
         }
         Ok(rows.len())
+    }
+
+    /// Finishes the prepared transactions registered in `_sluice_prepared`
+    /// that `filter` selects: `COMMIT PREPARED` the decided ones (a commit
+    /// recorded in the ledger), `ROLLBACK PREPARED` the rest, and forgets
+    /// them. Returns how many it finished.
+    ///
+    /// A writer's open transaction holds its registry row `FOR KEY SHARE`
+    /// until it ends, and so does the prepared transaction it becomes. A
+    /// row is forgotten only once no live transaction holds it, so a
+    /// writer cancelled while its `PREPARE` is in flight is never lost:
+    /// with `wait`, this waits (up to [`RESOLVE_WAIT`]) for such writers to
+    /// end or prepare; without, it leaves their rows for a later sweep.
+    async fn resolve_prepared(&self, client: &Client, filter: &str, wait: bool) -> Result<usize> {
+        let deadline = std::time::Instant::now() + RESOLVE_WAIT;
+        let mut finished = 0;
+        loop {
+            let rows = client
+                .query(
+                    &format!(
+                        "SELECT gid, decided, gid IN (SELECT gid FROM pg_prepared_xacts \
+                           WHERE database = current_database()) \
+                         FROM {} WHERE {filter} ORDER BY gid",
+                        self.prepared()
+                    ),
+                    &[],
+                )
+                .await
+                .map_err(|e| self.err("list the prepared transactions of", e))?;
+            let mut live = 0;
+            for row in &rows {
+                let (gid, decided, exists): (String, bool, bool) =
+                    (row.get(0), row.get(1), row.get(2));
+                if exists {
+                    let verb = if decided { "COMMIT" } else { "ROLLBACK" };
+                    match client
+                        .batch_execute(&format!("{verb} PREPARED {}", quote_literal(&gid)))
+                        .await
+                    {
+                        Ok(()) => finished += 1,
+                        // Another session finished it first, or is finishing it.
+                        Err(e)
+                            if e.code() == Some(&SqlState::UNDEFINED_OBJECT)
+                                || e.code()
+                                    == Some(&SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE) => {}
+                        Err(e) => return Err(self.err(&format!("{verb} PREPARED a task of"), e)),
+                    }
+                }
+                let forgotten = client
+                    .execute(
+                        &format!(
+                            "DELETE FROM {0} WHERE gid IN \
+                               (SELECT gid FROM {0} WHERE gid = $1 FOR UPDATE SKIP LOCKED)",
+                            self.prepared()
+                        ),
+                        &[&gid],
+                    )
+                    .await
+                    .map_err(|e| self.err("forget a prepared transaction of", e))?;
+                if forgotten == 0 {
+                    live += 1;
+                }
+            }
+            if live == 0 || !wait || std::time::Instant::now() >= deadline {
+                if live > 0 {
+                    tracing::warn!(
+                        target = %self.table,
+                        live,
+                        "task transactions still running; left for the next job's sweep"
+                    );
+                }
+                return Ok(finished);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Whether a task attempt writes through a prepared transaction, from
+    /// `'sink.transaction'`, the server's `max_prepared_transactions` and
+    /// the table's unique indexes (on which parallel prepared writers would
+    /// wait for each other until the commit, that is forever).
+    async fn use_prepared(&self, client: &Client) -> Result<bool> {
+        if self.transaction == Transaction::Staged || self.is_upsert() {
+            return Ok(false);
+        }
+        let row = client
+            .query_one(
+                "SELECT current_setting('max_prepared_transactions')::int, \
+                   EXISTS (SELECT 1 FROM pg_index \
+                     WHERE indrelid = $1::text::regclass AND (indisunique OR indisexclusion))",
+                &[&quote_table(&self.table)],
+            )
+            .await
+            .map_err(|e| self.err("check the write path of", e))?;
+        let (max, unique): (i32, bool) = (row.get(0), row.get(1));
+        let refusal = if max == 0 {
+            "the server has max_prepared_transactions = 0; raise it above the number of \
+             writing tasks (it takes a server restart)"
+        } else if unique {
+            "the table has a unique index, on which parallel tasks' prepared transactions \
+             would wait for each other"
+        } else {
+            return Ok(true);
+        };
+        if self.transaction == Transaction::Prepared {
+            return Err(ConnectorError::UnsupportedWrite {
+                target: format!("postgres table {} at {}", self.table, self.conn),
+                reason: format!(
+                    "'sink.transaction' = 'prepared' cannot be used: {refusal}; \
+                     or set 'sink.transaction' = 'staged'"
+                ),
+            });
+        }
+        Ok(false)
     }
 
     /// The database columns the sink's schema writes, with how to encode them.
@@ -264,15 +611,32 @@ impl PostgresSink {
         }
     }
 
-    /// Drops the job's staging tables after its commit; a failure leaves
-    /// them to the sweep.
-    async fn drop_job_stages(&self, client: &Client, job_id: &str) {
-        if let Err(e) = self
-            .drop_stages(client, &format!("job_id = {}", quote_literal(job_id)))
+    /// After the publish transaction's `COMMIT`: makes the winning
+    /// prepared transactions visible, rolls back the losing ones and drops
+    /// the job's staging tables. A failure to drop leaves the tables to the
+    /// sweep; a failure to finish a decided transaction is an error, and
+    /// the next job's `begin` finishes it.
+    async fn complete(&self, client: &Client, job_id: &str) -> Result<()> {
+        let job = format!("job_id = {}", quote_literal(job_id));
+        self.resolve_prepared(client, &job, true)
             .await
-        {
+            .map_err(|e| ConnectorError::Database {
+                connector: "postgres",
+                on: format!("table {} at {}", self.table, self.conn),
+                action: "finish the committed write to".into(),
+                message: format!(
+                    "the commit is recorded, but its prepared transactions could not all be \
+                     committed: {e}"
+                ),
+                hint: "the next job writing to a table of this schema commits them; \
+                       `SELECT gid FROM pg_prepared_xacts` lists them"
+                    .into(),
+                class: ErrorClass::External,
+            })?;
+        if let Err(e) = self.drop_stages(client, &job).await {
             tracing::warn!(target = %self.table, "staging tables left for the sweep: {e}");
         }
+        Ok(())
     }
 
     /// The publish transaction's statements, after `BEGIN`; stops before
@@ -280,16 +644,32 @@ impl PostgresSink {
     async fn publish_in_transaction(&self, tx: &Client, commit: &JobCommit) -> Result<Publish> {
         let mut messages = commit.messages.clone();
         messages.sort_by_key(|m| m.task);
-        let stages: Vec<String> = messages
+        let written: Vec<Written> = messages
             .iter()
-            .map(|m| {
-                m.payload
-                    .get("stage")
-                    .and_then(|s| s.as_str())
-                    .map(str::to_string)
-                    .ok_or_else(|| ConnectorError::Internal("commit message without stage".into()))
-            })
+            .map(|m| Written::from_payload(&m.payload))
             .collect::<Result<_>>()?;
+        let stages: Vec<String> = written
+            .iter()
+            .filter_map(|w| match w {
+                Written::Stage(s) => Some(s.clone()),
+                Written::Prepared { .. } => None,
+            })
+            .collect();
+        let prepared: Vec<String> = written
+            .iter()
+            .filter_map(|w| match w {
+                Written::Prepared { gid, .. } => Some(gid.clone()),
+                Written::Stage(_) => None,
+            })
+            .collect();
+        let cleared = written
+            .iter()
+            .any(|w| matches!(w, Written::Prepared { cleared: true, .. }));
+        if self.is_upsert() && !prepared.is_empty() {
+            return Err(ConnectorError::Internal(
+                "an upsert's rows were written without staging".into(),
+            ));
+        }
         let target = quote_table(&self.table);
         tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&self.table])
             .await
@@ -337,7 +717,12 @@ impl PostgresSink {
                 }));
             }
         }
-        if self.mode == WriteMode::Overwrite {
+        if self.mode == WriteMode::Overwrite && !cleared && !prepared.is_empty() {
+            // The prepared tasks hold the table: TRUNCATE would wait for them.
+            tx.batch_execute(&format!("DELETE FROM {target}"))
+                .await
+                .map_err(|e| self.err("clear", e))?;
+        } else if self.mode == WriteMode::Overwrite && !cleared {
             tx.batch_execute("SAVEPOINT sluice_truncate")
                 .await
                 .map_err(|e| self.err("clear", e))?;
@@ -361,8 +746,13 @@ impl PostgresSink {
             .map(|f| quote_ident(f.name()))
             .collect();
         let col_list = cols.join(", ");
-        let mut rows = 0u64;
-        if !self.primary_key.is_empty() && self.mode == WriteMode::Append && !stages.is_empty() {
+        let mut rows: u64 = messages
+            .iter()
+            .zip(&written)
+            .filter(|(_, w)| matches!(w, Written::Prepared { .. }))
+            .map(|(m, _)| m.rows)
+            .sum();
+        if self.is_upsert() && !stages.is_empty() {
             let key: Vec<String> = self.primary_key.iter().map(|c| quote_ident(c)).collect();
             let key_list = key.join(", ");
             let union = stages
@@ -474,6 +864,17 @@ impl PostgresSink {
         )
         .await
         .map_err(|e| self.err("record the commit of", e))?;
+        if !prepared.is_empty() {
+            tx.execute(
+                &format!(
+                    "UPDATE {} SET decided = true WHERE job_id = $1 AND gid = ANY($2)",
+                    self.prepared()
+                ),
+                &[&commit.job_id, &prepared],
+            )
+            .await
+            .map_err(|e| self.err("record the commit of", e))?;
+        }
         // Deferred constraints are checked now, not at COMMIT: a prepared
         // publish must not fail when told to commit.
         tx.batch_execute("SET CONSTRAINTS ALL IMMEDIATE")
@@ -525,6 +926,18 @@ impl Sink for PostgresSink {
         if swept > 0 {
             tracing::info!(target = %self.table, swept, "dropped staging tables of expired jobs");
         }
+        // Decided transactions are rolled forward at once; undecided ones
+        // once their job's lease has expired.
+        let finished = self
+            .resolve_prepared(&client, "decided OR lease_until < now()", false)
+            .await?;
+        if finished > 0 {
+            tracing::info!(
+                target = %self.table,
+                finished,
+                "finished prepared transactions left by crashed jobs"
+            );
+        }
         Ok(())
     }
 
@@ -541,6 +954,17 @@ impl Sink for PostgresSink {
             )
             .await
             .map_err(|e| self.err("renew the staging lease of", e))?;
+        client
+            .execute(
+                &format!(
+                    "UPDATE {} SET lease_until = now() + make_interval(secs => {LEASE_SECONDS}) \
+                     WHERE job_id = $1",
+                    self.prepared()
+                ),
+                &[&job_id],
+            )
+            .await
+            .map_err(|e| self.err("renew the staging lease of", e))?;
         Ok(())
     }
 
@@ -552,6 +976,11 @@ impl Sink for PostgresSink {
     ) -> Result<Box<dyn SinkWriter>> {
         let mut client = self.conn.connect().await?;
         let columns = self.target_columns(&client).await?;
+        if self.use_prepared(&client).await? {
+            return self
+                .open_prepared_writer(client, columns, job_id, task, attempt)
+                .await;
+        }
         let stage = format!(
             "_sluice_stage_{}",
             hash_hex(&format!("{job_id}/{task}/{attempt}"), 12)
@@ -575,30 +1004,9 @@ impl Sink for PostgresSink {
         tx.commit()
             .await
             .map_err(|e| self.err("create a staging table for", e))?;
-        let names: Vec<String> = columns.iter().map(|(n, _)| quote_ident(n)).collect();
-        let copy = client
-            .copy_in::<_, Bytes>(&format!(
-                "COPY {} ({}) FROM STDIN (FORMAT binary)",
-                self.stage_table(&stage),
-                names.join(", ")
-            ))
+        let into = self.stage_table(&stage);
+        self.writer(client, columns, &into, Written::Stage(stage), task, attempt)
             .await
-            .map_err(|e| self.err("stage rows for", e))?;
-        let mut buf = BytesMut::with_capacity(SEND_BYTES + 64 * 1024);
-        buf.put_slice(b"PGCOPY\n\xff\r\n\0");
-        buf.put_i32(0); // flags
-        buf.put_i32(0); // header extension length
-        Ok(Box::new(PostgresWriter {
-            sink: Arc::new(self.clone()),
-            client,
-            copy: Some(Box::pin(copy)),
-            stage,
-            columns,
-            buf,
-            task,
-            attempt,
-            bytes: 0,
-        }))
     }
 
     async fn commit(&self, commit: JobCommit) -> Result<CommitOutcome> {
@@ -610,7 +1018,7 @@ impl Sink for PostgresSink {
                     .batch_execute("COMMIT")
                     .await
                     .map_err(|e| self.err("commit to", e))?;
-                self.drop_job_stages(&client, &commit.job_id).await;
+                self.complete(&client, &commit.job_id).await?;
                 Ok(outcome)
             }
         }
@@ -629,10 +1037,12 @@ impl Sink for PostgresSink {
 
     async fn abort(&self, job_id: &str) -> Result<()> {
         let client = self.conn.connect().await?;
-        match self
-            .drop_stages(&client, &format!("job_id = {}", quote_literal(job_id)))
-            .await
-        {
+        let job = format!("job_id = {}", quote_literal(job_id));
+        let undone = match self.resolve_prepared(&client, &job, true).await {
+            Ok(_) => self.drop_stages(&client, &job).await,
+            Err(e) => Err(e),
+        };
+        match undone {
             Ok(_) => Ok(()),
             // The ledger was never created: nothing was staged.
             Err(ConnectorError::Database { message, .. }) if message.contains("42P01") => Ok(()),
@@ -674,7 +1084,7 @@ impl PreparedCommit for PreparedPostgres<'_> {
                     .batch_execute("COMMIT")
                     .await
                     .map_err(|e| sink.err("commit to", e))?;
-                sink.drop_job_stages(&client, &job_id).await;
+                sink.complete(&client, &job_id).await?;
                 Ok(outcome)
             }
         }
@@ -696,7 +1106,7 @@ struct PostgresWriter {
     sink: Arc<PostgresSink>,
     client: Client,
     copy: Option<Pin<Box<CopyInSink<Bytes>>>>,
-    stage: String,
+    written: Written,
     columns: Vec<(String, PgKind)>,
     buf: BytesMut,
     task: u64,
@@ -705,13 +1115,28 @@ struct PostgresWriter {
 }
 
 impl PostgresWriter {
+    /// Ends the attempt's transaction with `PREPARE TRANSACTION`.
+    async fn prepare(&self, gid: &str) -> Result<()> {
+        // Deferred constraints are checked here, so COMMIT PREPARED cannot fail on them.
+        self.client
+            .batch_execute(&format!(
+                "SET CONSTRAINTS ALL IMMEDIATE; PREPARE TRANSACTION {}",
+                quote_literal(gid)
+            ))
+            .await
+            .map_err(|e| {
+                self.sink
+                    .err("prepare the transaction of a task writing to", e)
+            })
+    }
+
     async fn send(&mut self) -> Result<()> {
         let chunk = self.buf.split().freeze();
         self.bytes += chunk.len() as u64;
         let copy = self.copy.as_mut().expect("copy open until finish");
         copy.send(chunk)
             .await
-            .map_err(|e| self.sink.err("stage rows for", e))
+            .map_err(|e| self.sink.err(self.written.action(), e))
     }
 
     fn encoders(&self, batch: &RecordBatch) -> Result<Vec<ColumnEncoder>> {
@@ -785,28 +1210,44 @@ impl SinkWriter for PostgresWriter {
             .as_mut()
             .finish()
             .await
-            .map_err(|e| self.sink.err("stage rows for", e))?;
+            .map_err(|e| self.sink.err(self.written.action(), e))?;
+        if let Written::Prepared { gid, .. } = &self.written {
+            self.prepare(gid).await?;
+        }
         drop(self.client);
         Ok(CommitMessage {
             task: self.task,
             attempt: self.attempt,
             rows,
             bytes: self.bytes,
-            payload: serde_json::json!({ "stage": self.stage }),
+            payload: self.written.payload(),
         })
     }
 
     async fn abort(mut self: Box<Self>) -> Result<()> {
         // Dropping the unfinished COPY aborts it.
         self.copy.take();
-        self.client
-            .batch_execute(&format!(
-                "DROP TABLE IF EXISTS {}; DELETE FROM {} WHERE stage_table = {};",
-                self.sink.stage_table(&self.stage),
-                self.sink.staging(),
-                quote_literal(&self.stage)
-            ))
-            .await
-            .map_err(|e| self.sink.err("drop a staging table of", e))
+        let sink = &self.sink;
+        match &self.written {
+            Written::Stage(stage) => self
+                .client
+                .batch_execute(&format!(
+                    "DROP TABLE IF EXISTS {}; DELETE FROM {} WHERE stage_table = {};",
+                    sink.stage_table(stage),
+                    sink.staging(),
+                    quote_literal(stage)
+                ))
+                .await
+                .map_err(|e| sink.err("drop a staging table of", e)),
+            Written::Prepared { gid, .. } => self
+                .client
+                .batch_execute(&format!(
+                    "ROLLBACK; DELETE FROM {} WHERE gid = {};",
+                    sink.prepared(),
+                    quote_literal(gid)
+                ))
+                .await
+                .map_err(|e| sink.err("roll back a task writing to", e)),
+        }
     }
 }

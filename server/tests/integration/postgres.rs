@@ -15,9 +15,15 @@ pub(crate) fn trials() -> Vec<Trial> {
             "postgres::pushdown_and_parallel_reads",
             pushdown_and_parallel_reads,
         ),
+        Trial::test("postgres::prepared_writes_are_atomic", || {
+            append_and_overwrite_are_atomic("prepared")
+        }),
+        Trial::test("postgres::staged_writes_are_atomic", || {
+            append_and_overwrite_are_atomic("staged")
+        }),
         Trial::test(
-            "postgres::append_and_overwrite_are_atomic",
-            append_and_overwrite_are_atomic,
+            "postgres::prepared_transactions_roll_forward",
+            prepared_transactions_roll_forward,
         ),
         Trial::test("postgres::upsert_on_primary_key", upsert_on_primary_key),
         Trial::test(
@@ -300,9 +306,13 @@ fn pushdown_and_parallel_reads() -> Result<(), Failed> {
     Ok(())
 }
 
-fn append_and_overwrite_are_atomic() -> Result<(), Failed> {
+/// Appends, re-runs, overwrites and failures with `'sink.transaction' =
+/// transaction` (`prepared` fails unless that path is taken).
+fn append_and_overwrite_are_atomic(transaction: &str) -> Result<(), Failed> {
     let pg = Pg::new()?;
     let s = &pg.schema;
+    let opt = format!(", 'sink.transaction' = '{transaction}'");
+    let opt = opt.as_str();
     pg.exec(&format!(
         "CREATE TABLE {s}.a (id int NOT NULL, v text, CHECK (id < 100000));
          CREATE VIEW {s}.a_view AS SELECT count(*) AS n FROM {s}.a;"
@@ -313,7 +323,7 @@ fn append_and_overwrite_are_atomic() -> Result<(), Failed> {
         "nightly.sql",
         &format!(
             "{};\nINSERT INTO a SELECT value, 'day ${{day}}' FROM generate_series(1, 1000);\n",
-            pg.declare("a", "a", "")
+            pg.declare("a", "a", opt)
         ),
     );
     let nightly = nightly.to_str().expect("path");
@@ -335,7 +345,7 @@ fn append_and_overwrite_are_atomic() -> Result<(), Failed> {
     // Overwrite keeps the table (same OID, the view still works).
     let overwrite = format!(
         "{};\nINSERT OVERWRITE a SELECT value, 'fresh' FROM generate_series(1, 10);\n",
-        pg.declare("a", "a", "")
+        pg.declare("a", "a", opt)
     );
     let o = sc.run(&["-e", &overwrite], None);
     check(o.status.code() == Some(0), "overwrite", &o)?;
@@ -350,7 +360,7 @@ fn append_and_overwrite_are_atomic() -> Result<(), Failed> {
     // A constraint violation at commit: nothing changes, nothing is left staged.
     let violating = format!(
         "{};\nINSERT OVERWRITE a SELECT value, 'bad' FROM generate_series(99990, 100010);\n",
-        pg.declare("a", "a", "")
+        pg.declare("a", "a", opt)
     );
     let o = sc.run(&["-e", &violating], None);
     let err = stderr(&o);
@@ -371,7 +381,7 @@ fn append_and_overwrite_are_atomic() -> Result<(), Failed> {
     // rows were staged): the target is unchanged.
     let failing = format!(
         "{};\nINSERT OVERWRITE a SELECT CAST(100 / (value - 150000) AS INT), 'x' FROM generate_series(1, 200000);\n",
-        pg.declare("a", "a", "")
+        pg.declare("a", "a", opt)
     );
     let o = sc.run(&["-e", &failing], None);
     check(o.status.code() != Some(0), "failing load fails", &o)?;
@@ -383,6 +393,94 @@ fn append_and_overwrite_are_atomic() -> Result<(), Failed> {
     )?;
     let ledger = pg.one(&format!("SELECT count(*) FROM {s}._sluice_commits"))?;
     check(ledger == "3", "three commits recorded in the ledger", &o)?;
+    check(
+        pg.one(&format!("SELECT count(*) FROM {s}._sluice_prepared"))? == "0"
+            && pg.one(&format!("SELECT count(*) FROM {s}._sluice_staging"))? == "0",
+        "no task transaction or staging table is left registered",
+        &o,
+    )?;
+    if transaction == "prepared" {
+        // A unique index would make parallel prepared writers wait for
+        // each other: 'prepared' refuses it, 'auto' stages instead.
+        pg.exec(&format!("CREATE UNIQUE INDEX a_id ON {s}.a (id)"))?;
+        let o = sc.run(&["-e", &overwrite], None);
+        check(
+            o.status.code() != Some(0)
+                && stderr(&o).contains("unique index")
+                && stderr(&o).contains("'sink.transaction' = 'staged'"),
+            "'prepared' on a table with a unique index is refused, saying what to set",
+            &o,
+        )?;
+        let auto = format!(
+            "{};\nINSERT OVERWRITE a SELECT value, 'auto' FROM generate_series(1, 20);\n",
+            pg.declare("a", "a", "")
+        );
+        let o = sc.run(&["-e", &auto], None);
+        check(
+            o.status.code() == Some(0) && count()? == "20",
+            "'auto' stages where prepared transactions cannot be used",
+            &o,
+        )?;
+    }
+    Ok(())
+}
+
+/// What a crash leaves behind: a prepared task transaction whose commit
+/// was decided is committed by the next job's start, an undecided one
+/// whose lease expired is rolled back, and one whose job still runs (its
+/// lease is current) is left alone.
+fn prepared_transactions_roll_forward() -> Result<(), Failed> {
+    let pg = Pg::new()?;
+    let s = &pg.schema;
+    pg.exec(&format!("CREATE TABLE {s}.b (id int NOT NULL)"))?;
+    let sc = Scratch::new();
+    let append = |from: i32| {
+        format!(
+            "{};\nINSERT INTO b SELECT CAST(value AS INT) FROM generate_series({from}, {});\n",
+            pg.declare("b", "b", ", 'sink.transaction' = 'prepared'"),
+            from + 9
+        )
+    };
+    // The first job creates the ledger tables.
+    let o = sc.run(&["-e", &append(1000)], None);
+    check(o.status.code() == Some(0), "first append", &o)?;
+    let gid = |what: &str| format!("sluice_test_{s}_{what}");
+    let leftover = |what: &str, rows: &str, decided: bool, lease: &str| {
+        pg.exec(&format!(
+            "BEGIN; INSERT INTO {s}.b VALUES {rows}; PREPARE TRANSACTION '{}';
+             INSERT INTO {s}._sluice_prepared (gid, job_id, target, task, decided, lease_until)
+               VALUES ('{}', 'crashed-{what}', '{s}.b', 0, {decided}, now() + interval '{lease}')",
+            gid(what),
+            gid(what)
+        ))
+    };
+    leftover("decided", "(1), (2)", true, "10 minutes")?;
+    leftover("expired", "(100)", false, "-1 minute")?;
+    leftover("live", "(200)", false, "10 minutes")?;
+    let o = sc.run(&["-e", &append(2000)], None);
+    let ids = pg.query(&format!(
+        "SELECT string_agg(id::text, ',' ORDER BY id) FROM {s}.b WHERE id < 1000 OR id > 1009"
+    ));
+    let prepared = pg.query(&format!(
+        "SELECT string_agg(gid, ',' ORDER BY gid) FROM pg_prepared_xacts WHERE gid LIKE 'sluice_test_{s}_%'"
+    ));
+    let registered = pg.query(&format!(
+        "SELECT string_agg(gid, ',' ORDER BY gid) FROM {s}._sluice_prepared"
+    ));
+    // Clean up before checking: a prepared transaction would hold the schema.
+    let _ = pg.exec(&format!("ROLLBACK PREPARED '{}'", gid("live")));
+    check(o.status.code() == Some(0), "second append", &o)?;
+    check(
+        ids?[0][0] == "1,2,2000,2001,2002,2003,2004,2005,2006,2007,2008,2009",
+        "the decided transaction was committed, the expired one rolled back, the live one left",
+        &o,
+    )?;
+    let live = gid("live");
+    check(
+        prepared?[0][0] == live && registered?[0][0] == live,
+        "only the live job's transaction is still prepared and registered",
+        &o,
+    )?;
     Ok(())
 }
 
