@@ -8,10 +8,10 @@
 //!   `max_prepared_transactions` above 0): the attempt copies straight into the target inside its own
 //!   transaction and ends with `PREPARE TRANSACTION 'sluice_<hash>'`. The
 //!   rows are written once, by every task in parallel, and stay invisible.
-//!   For an overwrite, task 0's transaction also deletes the old rows
-//!   (`DELETE`: a `TRUNCATE` would wait for the other tasks' transactions).
-//!   Each attempt is registered in `_sluice_prepared` with a lease before it
-//!   begins.
+//!   For an overwrite, the job's `begin` deletes the old rows in one more
+//!   prepared transaction (task -1), before any task reads (`DELETE`: a
+//!   `TRUNCATE` would wait for the tasks' transactions). Each transaction
+//!   is registered in `_sluice_prepared` with a lease before it begins.
 //! - **staged**: the attempt fills an unlogged staging table shaped like the
 //!   target (`_sluice_stage_<hash>`, registered in `_sluice_staging` with a
 //!   lease), which the commit copies into the target. Upserts always stage.
@@ -21,7 +21,7 @@
 //! ```text
 //! BEGIN;
 //!   lock the target's ledger entry; skip if the job or its run id already committed
-//!   overwrite, unless task 0 cleared it: TRUNCATE target (DELETE when foreign
+//!   overwrite, unless `begin` cleared it: TRUNCATE target (DELETE when foreign
 //!     keys forbid TRUNCATE, or while prepared tasks hold the table)
 //!   INSERT INTO target SELECT ... FROM each winning staging table
 //!     (upsert: one INSERT ... ON CONFLICT (key) DO UPDATE, duplicates checked first)
@@ -75,6 +75,8 @@ const LEASE_SECONDS: i64 = 600;
 const SEND_BYTES: usize = 1 << 20;
 /// How long aborting a job waits for its cancelled writers to end.
 const RESOLVE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+/// The task number under which an overwrite's clearing transaction is registered.
+const CLEAR_TASK: i64 = -1;
 /// Advisory lock key serialising creation of the ledger tables.
 const LEDGER_LOCK: i64 = 0x511C_E1ED;
 
@@ -94,9 +96,8 @@ enum Transaction {
 enum Written {
     /// Rows in a staging table.
     Stage(String),
-    /// Rows in the target, in a prepared transaction; `cleared` when that
-    /// transaction also deleted the old rows (an overwrite's task 0).
-    Prepared { gid: String, cleared: bool },
+    /// Rows in the target, in a prepared transaction.
+    Prepared { gid: String },
 }
 
 impl Written {
@@ -111,8 +112,8 @@ impl Written {
     fn payload(&self) -> serde_json::Value {
         match self {
             Self::Stage(stage) => serde_json::json!({ "stage": stage }),
-            Self::Prepared { gid, cleared } => {
-                serde_json::json!({ "prepared": gid, "cleared": cleared })
+            Self::Prepared { gid } => {
+                serde_json::json!({ "prepared": gid })
             }
         }
     }
@@ -122,10 +123,8 @@ impl Written {
             return Ok(Self::Stage(stage.to_string()));
         }
         if let Some(gid) = payload.get("prepared").and_then(|s| s.as_str()) {
-            let cleared = payload.get("cleared").and_then(|c| c.as_bool()) == Some(true);
             return Ok(Self::Prepared {
                 gid: gid.to_string(),
-                cleared,
             });
         }
         Err(ConnectorError::Internal(format!(
@@ -293,6 +292,30 @@ impl PostgresSink {
             "sluice_{}",
             hash_hex(&format!("{}/{job_id}/{task}/{attempt}", self.table), 16)
         );
+        self.begin_registered(&client, job_id, task as i64, &gid)
+            .await?;
+        let into = quote_table(&self.table);
+        self.writer(
+            client,
+            columns,
+            &into,
+            Written::Prepared { gid },
+            task,
+            attempt,
+        )
+        .await
+    }
+
+    /// Registers `gid` in `_sluice_prepared` for `task` of `job_id`, then
+    /// begins its transaction, which holds the registry row until it ends
+    /// (see [`Self::resolve_prepared`]).
+    async fn begin_registered(
+        &self,
+        client: &Client,
+        job_id: &str,
+        task: i64,
+        gid: &str,
+    ) -> Result<()> {
         client
             .execute(
                 &format!(
@@ -300,7 +323,7 @@ impl PostgresSink {
                      VALUES ($1, $2, $3, $4, now() + make_interval(secs => {LEASE_SECONDS}))",
                     self.prepared()
                 ),
-                &[&gid, &job_id, &self.table, &(task as i64)],
+                &[&gid, &job_id, &self.table, &task],
             )
             .await
             .map_err(|e| self.err("register the transaction of a task writing to", e))?;
@@ -308,7 +331,6 @@ impl PostgresSink {
             .batch_execute("BEGIN")
             .await
             .map_err(|e| self.err("write to", e))?;
-        // Held until the transaction ends, prepared or not: see `resolve_prepared`.
         let held = client
             .query_opt(
                 &format!(
@@ -321,29 +343,40 @@ impl PostgresSink {
             .map_err(|e| self.err("register the transaction of a task writing to", e))?;
         if held.is_none() {
             return Err(ConnectorError::Internal(format!(
-                "task {task} attempt {attempt} writing to {} was given up by its job",
+                "task {task} of job {job_id} writing to {} was given up by its job",
                 self.table
             )));
         }
-        // An overwrite's old rows go in task 0's transaction, in parallel
-        // with the other tasks' writes.
-        let cleared = self.mode == WriteMode::Overwrite && task == 0;
-        if cleared {
-            client
-                .batch_execute(&format!("DELETE FROM {}", quote_table(&self.table)))
-                .await
-                .map_err(|e| self.err("clear", e))?;
-        }
-        let into = quote_table(&self.table);
-        self.writer(
+        Ok(())
+    }
+
+    /// An overwrite's removal of the old rows, done by the job's `begin`
+    /// before any task reads: `DELETE` in a prepared transaction registered
+    /// as task [`CLEAR_TASK`], committed with the tasks' transactions.
+    async fn prepare_clear(&self, client: &Client, job_id: &str) -> Result<()> {
+        self.resolve_prepared(
             client,
-            columns,
-            &into,
-            Written::Prepared { gid, cleared },
-            task,
-            attempt,
+            &format!(
+                "job_id = {} AND task = {CLEAR_TASK} AND NOT decided",
+                quote_literal(job_id)
+            ),
+            true,
         )
-        .await
+        .await?;
+        let gid = format!(
+            "sluice_{}",
+            hash_hex(&format!("{}/{job_id}/clear", self.table), 16)
+        );
+        self.begin_registered(client, job_id, CLEAR_TASK, &gid)
+            .await?;
+        client
+            .batch_execute(&format!(
+                "DELETE FROM {}; SET CONSTRAINTS ALL IMMEDIATE; PREPARE TRANSACTION {}",
+                quote_table(&self.table),
+                quote_literal(&gid)
+            ))
+            .await
+            .map_err(|e| self.err("clear", e))
     }
 
     /// Starts the binary `COPY` of a writer into `into`.
@@ -455,7 +488,7 @@ impl PostgresSink {
                     &format!(
                         "SELECT gid, decided, gid IN (SELECT gid FROM pg_prepared_xacts \
                            WHERE database = current_database()) \
-                         FROM {} WHERE {filter} ORDER BY gid",
+                         FROM {} WHERE {filter} ORDER BY task, gid",
                         self.prepared()
                     ),
                     &[],
@@ -655,16 +688,32 @@ impl PostgresSink {
                 Written::Prepared { .. } => None,
             })
             .collect();
-        let prepared: Vec<String> = written
+        let mut prepared: Vec<String> = written
             .iter()
             .filter_map(|w| match w {
-                Written::Prepared { gid, .. } => Some(gid.clone()),
+                Written::Prepared { gid } => Some(gid.clone()),
                 Written::Stage(_) => None,
             })
             .collect();
-        let cleared = written
-            .iter()
-            .any(|w| matches!(w, Written::Prepared { cleared: true, .. }));
+        // The overwrite's old rows, deleted by `begin` in a prepared transaction.
+        let clear = if self.mode == WriteMode::Overwrite {
+            tx.query_opt(
+                &format!(
+                    "SELECT gid FROM {} WHERE job_id = $1 AND task = {CLEAR_TASK} \
+                       AND gid IN (SELECT gid FROM pg_prepared_xacts \
+                         WHERE database = current_database())",
+                    self.prepared()
+                ),
+                &[&commit.job_id],
+            )
+            .await
+            .map_err(|e| self.err("read the prepared transactions of", e))?
+            .map(|row| row.get::<_, String>(0))
+        } else {
+            None
+        };
+        let cleared = clear.is_some();
+        prepared.extend(clear);
         if self.is_upsert() && !prepared.is_empty() {
             return Err(ConnectorError::Internal(
                 "an upsert's rows were written without staging".into(),
@@ -919,7 +968,7 @@ impl Sink for PostgresSink {
         &self.mode
     }
 
-    async fn begin(&self, _job_id: &str) -> Result<()> {
+    async fn begin(&self, job_id: &str) -> Result<()> {
         let mut client = self.conn.connect().await?;
         self.ensure_ledger(&mut client).await?;
         let swept = self.drop_stages(&client, "lease_until < now()").await?;
@@ -937,6 +986,9 @@ impl Sink for PostgresSink {
                 finished,
                 "finished prepared transactions left by crashed jobs"
             );
+        }
+        if self.mode == WriteMode::Overwrite && self.use_prepared(&client).await? {
+            self.prepare_clear(&client, job_id).await?;
         }
         Ok(())
     }
