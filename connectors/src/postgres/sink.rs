@@ -995,28 +995,18 @@ impl Sink for PostgresSink {
 
     async fn heartbeat(&self, job_id: &str) -> Result<()> {
         let client = self.conn.connect().await?;
-        client
-            .execute(
-                &format!(
-                    "UPDATE {} SET lease_until = now() + make_interval(secs => {LEASE_SECONDS}) \
-                     WHERE job_id = $1",
-                    self.staging()
-                ),
-                &[&job_id],
-            )
-            .await
-            .map_err(|e| self.err("renew the staging lease of", e))?;
-        client
-            .execute(
-                &format!(
-                    "UPDATE {} SET lease_until = now() + make_interval(secs => {LEASE_SECONDS}) \
-                     WHERE job_id = $1",
-                    self.prepared()
-                ),
-                &[&job_id],
-            )
-            .await
-            .map_err(|e| self.err("renew the staging lease of", e))?;
+        for registry in [self.staging(), self.prepared()] {
+            client
+                .execute(
+                    &format!(
+                        "UPDATE {registry} SET lease_until = now() + make_interval(secs => {LEASE_SECONDS}) \
+                         WHERE job_id = $1"
+                    ),
+                    &[&job_id],
+                )
+                .await
+                .map_err(|e| self.err("renew the staging lease of", e))?;
+        }
         Ok(())
     }
 
