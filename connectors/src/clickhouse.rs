@@ -21,7 +21,9 @@
 //!   appends nothing. A crash between one stage's insert and its record
 //!   would publish that stage again on retry: the one window left.
 //! - overwrite: a new table `AS target` filled from the stages, swapped in
-//!   with `RENAME TABLE target TO old, new TO target`, the old one dropped.
+//!   with `RENAME TABLE target TO old, new TO target`, the old one dropped
+//!   once the publish is final. Until then a statement set can swap it back
+//!   (`RENAME TABLE target TO new, old TO target`).
 //!
 //! Newer servers offer stronger tools, not used so that 18.16 works:
 //! `insert_deduplication_token` (22.x) would make each stage's insert
@@ -51,7 +53,7 @@ use crate::factory::TableSpec;
 use crate::options::{OptionValue, TableOptions};
 use crate::secrets::SecretResolver;
 use crate::sink::{
-    CommitMessage, CommitOutcome, JobCommit, Sink, SinkDescriptor, SinkWriter, WriteMode,
+    CommitMessage, CommitOutcome, JobCommit, Revocable, Sink, SinkDescriptor, SinkWriter, WriteMode,
 };
 
 /// Options of the `clickhouse` connector.
@@ -695,6 +697,12 @@ impl ClickHouseSink {
         Ok(text.lines().map(str::to_string).collect())
     }
 
+    async fn drop_job_tables_or_warn(&self, job_id: &str) {
+        if let Err(e) = self.drop_job_tables(&Self::job_tag(job_id)).await {
+            tracing::warn!(target = %self.table, "staging tables left for the sweep: {e}");
+        }
+    }
+
     async fn drop_job_tables(&self, job_tag: &str) -> Result<usize> {
         let tables = self.side_tables(job_tag).await?;
         for t in &tables {
@@ -854,6 +862,17 @@ impl Sink for ClickHouseSink {
     }
 
     async fn commit(&self, commit: JobCommit) -> Result<CommitOutcome> {
+        let (outcome, undo) = self.commit_revocable(commit).await?;
+        if let Some(undo) = undo {
+            undo.finish().await?;
+        }
+        Ok(outcome)
+    }
+
+    async fn commit_revocable(
+        &self,
+        commit: JobCommit,
+    ) -> Result<(CommitOutcome, Option<Box<dyn Revocable>>)> {
         let mut messages = commit.messages.clone();
         messages.sort_by_key(|m| m.task);
         let staged: u64 = messages.iter().map(|m| m.rows).sum();
@@ -888,14 +907,15 @@ impl Sink for ClickHouseSink {
                 .await?;
             if seen.trim() != "0" {
                 self.abort(&commit.job_id).await?;
-                return Ok(CommitOutcome {
+                let outcome = CommitOutcome {
                     skipped: Some(format!(
                         "run id {run_id} was already committed to {}; not appended again \
                          (use --force-rerun to append anyway)",
                         self.name
                     )),
                     ..Default::default()
-                });
+                };
+                return Ok((outcome, None));
             }
         }
         let cols = self.column_list();
@@ -969,6 +989,13 @@ impl Sink for ClickHouseSink {
                 )
                 .await?;
             }
+            // An `old` table left by an earlier attempt of this commit
+            // (crashed after its rename) holds contents already replaced.
+            self.q(
+                "swap in the new contents of",
+                &format!("DROP TABLE IF EXISTS {}", quote_ident(&old)),
+            )
+            .await?;
             self.q(
                 "swap in the new contents of",
                 &format!(
@@ -978,17 +1005,33 @@ impl Sink for ClickHouseSink {
                 ),
             )
             .await?;
-            self.q("record the commit of", &record("*", staged)).await?;
+            let outcome = CommitOutcome {
+                rows: staged,
+                bytes: messages.iter().map(|m| m.bytes).sum(),
+                files: 0,
+                skipped: None,
+            };
+            // The ledger row is written once the publish is final: the
+            // ledger (a Log table) cannot forget a swapped-back one. A crash
+            // before it makes a retried commit replace the table again
+            // from the same staged rows, with the same result.
+            let undo = RenamedTable {
+                sink: self.clone(),
+                job_tag: tag,
+                new,
+                old,
+                record: record("*", staged),
+            };
+            return Ok((outcome, Some(Box::new(undo))));
         }
-        if let Err(e) = self.drop_job_tables(&Self::job_tag(&commit.job_id)).await {
-            tracing::warn!(target = %self.table, "staging tables left for the sweep: {e}");
-        }
-        Ok(CommitOutcome {
+        self.drop_job_tables_or_warn(&commit.job_id).await;
+        let outcome = CommitOutcome {
             rows: staged,
             bytes: messages.iter().map(|m| m.bytes).sum(),
             files: 0,
             skipped: None,
-        })
+        };
+        Ok((outcome, None))
     }
 
     async fn abort(&self, job_id: &str) -> Result<()> {
@@ -996,6 +1039,43 @@ impl Sink for ClickHouseSink {
             Ok(_) => Ok(()),
             Err(e) => Err(e),
         }
+    }
+}
+
+/// An overwrite swapped in by `RENAME TABLE`, whose old table is kept
+/// until [`Revocable::finish`].
+struct RenamedTable {
+    sink: ClickHouseSink,
+    job_tag: String,
+    new: String,
+    old: String,
+    /// The ledger row, written by `finish`.
+    record: String,
+}
+
+#[async_trait]
+impl Revocable for RenamedTable {
+    async fn swap_back(self: Box<Self>) -> Result<()> {
+        let target = quote_ident(&self.sink.table);
+        self.sink
+            .q(
+                "swap back the previous contents of",
+                &format!(
+                    "RENAME TABLE {target} TO {}, {} TO {target}",
+                    quote_ident(&self.new),
+                    quote_ident(&self.old)
+                ),
+            )
+            .await
+            .map(|_| ())
+    }
+
+    async fn finish(self: Box<Self>) -> Result<()> {
+        self.sink.q("record the commit of", &self.record).await?;
+        if let Err(e) = self.sink.drop_job_tables(&self.job_tag).await {
+            tracing::warn!(target = %self.sink.table, "staging tables left for the sweep: {e}");
+        }
+        Ok(())
     }
 }
 

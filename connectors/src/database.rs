@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{ConnectorError, Result};
 use crate::options::TableOptions;
+use crate::sink::WriteMode;
 
 /// Which filters a database evaluates exactly as DataFusion does, as far as
 /// a pushed filter must keep every row DataFusion would keep (pushed
@@ -344,6 +345,63 @@ pub(crate) fn connect_timeout(options: &TableOptions) -> Result<Duration> {
             reason: format!("'{v}' is not a duration; use e.g. '10s' or '500ms'"),
         }),
         None => Ok(Duration::from_secs(10)),
+    }
+}
+
+/// The rows an overwrite replaces, as a `WHERE` clause (with its leading
+/// space): none for a whole-table overwrite, `col = 'value' AND ...` for
+/// `INSERT OVERWRITE t PARTITION (col = 'value', ...)`. `None` for modes
+/// that replace nothing. The database compares the text literal with the
+/// column under its own rules (type coercion, collation).
+pub(crate) fn overwrite_filter(
+    mode: &WriteMode,
+    quote_ident: fn(&str) -> String,
+    quote_literal: fn(&str) -> String,
+) -> Option<String> {
+    match mode {
+        WriteMode::Overwrite => Some(String::new()),
+        WriteMode::OverwriteStatic(spec) => Some(format!(
+            " WHERE {}",
+            spec.iter()
+                .map(|(c, v)| format!("{} = {}", quote_ident(c), quote_literal(v)))
+                .collect::<Vec<_>>()
+                .join(" AND ")
+        )),
+        WriteMode::Append | WriteMode::OverwriteDynamic => None,
+    }
+}
+
+/// Refuses the write modes a database table does not support, and a
+/// `PARTITION` spec naming a column the table lacks.
+pub(crate) fn check_write_mode(
+    connector: &str,
+    name: &str,
+    schema: &Schema,
+    mode: &WriteMode,
+) -> Result<()> {
+    match mode {
+        WriteMode::Append | WriteMode::Overwrite => Ok(()),
+        WriteMode::OverwriteStatic(spec) => {
+            for (c, _) in spec {
+                if schema.field_with_name(c).is_err() {
+                    return Err(ConnectorError::SchemaMismatch {
+                        target: name.to_string(),
+                        reason: format!(
+                            "PARTITION names '{c}', which is not a column of the table"
+                        ),
+                    });
+                }
+            }
+            Ok(())
+        }
+        WriteMode::OverwriteDynamic => Err(ConnectorError::UnsupportedWrite {
+            target: name.to_string(),
+            reason: format!(
+                "{connector} tables replace rows by value only for the values given: \
+                 write INSERT OVERWRITE t PARTITION (col = 'value') SELECT ..., \
+                 or overwrite the whole table"
+            ),
+        }),
     }
 }
 

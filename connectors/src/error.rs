@@ -130,6 +130,16 @@ pub enum ConnectorError {
         /// How many attempts were made.
         attempts: usize,
     },
+    /// A published target could not be put back to its previous contents.
+    #[error(
+        "cannot swap {target} back to its previous contents: {reason}; it keeps the published rows"
+    )]
+    SwapBack {
+        /// Target table.
+        target: String,
+        /// Why not.
+        reason: String,
+    },
     /// A database refused or failed an operation.
     #[error("{connector} {on}: cannot {action}: {message}{}", if hint.is_empty() { String::new() } else { format!("; {hint}") })]
     Database {
@@ -169,7 +179,9 @@ impl ConnectorError {
             | Self::SchemaMismatch { .. }
             | Self::UnsupportedWrite { .. }
             | Self::Metadata { .. } => ErrorClass::User,
-            Self::Store { .. } | Self::CommitConflict { .. } => ErrorClass::External,
+            Self::Store { .. } | Self::CommitConflict { .. } | Self::SwapBack { .. } => {
+                ErrorClass::External
+            }
             Self::Database { class, .. } => *class,
             Self::DataFusion(_) | Self::Internal(_) => ErrorClass::Internal,
         }

@@ -56,6 +56,13 @@ pub trait ConnectorTable: TableProvider {
     /// Names of the partition columns.
     fn partition_columns(&self) -> Vec<String>;
 
+    /// Whether `INSERT OVERWRITE t PARTITION (col = 'value', ...)` may name
+    /// any column: the rows holding those values are replaced (database
+    /// tables, which have no partition directories).
+    fn overwrites_rows_by_value(&self) -> bool {
+        false
+    }
+
     /// How lookup joins against this table cache its rows, when the
     /// connector answers key lookups (databases do, files do not).
     fn lookup_options(&self) -> Option<crate::lookup::LookupOptions> {
@@ -67,6 +74,10 @@ pub trait ConnectorTable: TableProvider {
 }
 
 impl ConnectorTable for PostgresTable {
+    fn overwrites_rows_by_value(&self) -> bool {
+        true
+    }
+
     fn sink(&self, mode: WriteMode) -> Result<Arc<dyn Sink>> {
         PostgresTable::sink(self, mode)
     }
@@ -85,6 +96,10 @@ impl ConnectorTable for PostgresTable {
 }
 
 impl ConnectorTable for MySqlTable {
+    fn overwrites_rows_by_value(&self) -> bool {
+        true
+    }
+
     fn sink(&self, mode: WriteMode) -> Result<Arc<dyn Sink>> {
         MySqlTable::sink(self, mode)
     }

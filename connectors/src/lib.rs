@@ -25,7 +25,7 @@ pub use factory::{ConnectorFactory, TableSpec};
 pub use options::{OptionValue, TableOptions};
 pub use secrets::SecretResolver;
 pub use sink::{
-    CommitMessage, CommitOutcome, JobCommit, PreparedCommit, Sink, SinkDescriptor, SinkExec,
-    SinkWriter, WriteMode,
+    CommitMessage, CommitOutcome, JobCommit, PreparedCommit, Revocable, Sink, SinkDescriptor,
+    SinkExec, SinkWriter, WriteMode,
 };
 pub use store::StoreRegistry;

@@ -176,6 +176,21 @@ pub trait Sink: fmt::Debug + Send + Sync {
     /// Publishes the winning attempts' staged data, once, atomically.
     async fn commit(&self, commit: JobCommit) -> Result<CommitOutcome>;
 
+    /// Publishes like [`Sink::commit`], but keeps what the target held
+    /// before, so that a statement set whose later target fails can swap it
+    /// back. The handle is `None` when the publish cannot be undone; the
+    /// caller then reports the target as published.
+    ///
+    /// [`Revocable::finish`] (or [`Revocable::swap_back`]) must follow; what
+    /// neither reaches (a crash) is removed with the job's staged data when
+    /// its lease expires. The default commits and keeps nothing.
+    async fn commit_revocable(
+        &self,
+        commit: JobCommit,
+    ) -> Result<(CommitOutcome, Option<Box<dyn Revocable>>)> {
+        Ok((self.commit(commit).await?, None))
+    }
+
     /// The first half of a publish that must wait for other sinks (a
     /// statement set): does everything [`Sink::commit`] does that can fail,
     /// and leaves only the final, all-or-nothing step to
@@ -203,15 +218,35 @@ pub trait PreparedCommit: Send {
     /// Makes the prepared publish visible.
     async fn commit(self: Box<Self>) -> Result<CommitOutcome>;
 
+    /// Like [`Self::commit`], through [`Sink::commit_revocable`] when nothing
+    /// was prepared. A prepared publish ends in a plain `COMMIT`, which
+    /// cannot be undone, so the default keeps no handle.
+    async fn commit_revocable(
+        self: Box<Self>,
+    ) -> Result<(CommitOutcome, Option<Box<dyn Revocable>>)> {
+        Ok((self.commit().await?, None))
+    }
+
     /// Undoes the prepared publish; the staged data stays until
     /// [`Sink::abort`].
     async fn rollback(self: Box<Self>) -> Result<()>;
 }
 
+/// A publish that can still be undone: the target's previous contents are
+/// kept aside until [`Revocable::finish`].
+#[async_trait]
+pub trait Revocable: Send {
+    /// Puts the previous contents back in place of the published ones.
+    async fn swap_back(self: Box<Self>) -> Result<()>;
+
+    /// Makes the publish final: removes the previous contents.
+    async fn finish(self: Box<Self>) -> Result<()>;
+}
+
 /// [`Sink::prepare_commit`] of a sink that cannot prepare: commit later.
-struct DeferredCommit<'a, S: ?Sized> {
-    sink: &'a S,
-    commit: JobCommit,
+pub(crate) struct DeferredCommit<'a, S: ?Sized> {
+    pub(crate) sink: &'a S,
+    pub(crate) commit: JobCommit,
 }
 
 #[async_trait]
@@ -222,6 +257,12 @@ impl<S: Sink + ?Sized> PreparedCommit for DeferredCommit<'_, S> {
 
     async fn commit(self: Box<Self>) -> Result<CommitOutcome> {
         self.sink.commit(self.commit).await
+    }
+
+    async fn commit_revocable(
+        self: Box<Self>,
+    ) -> Result<(CommitOutcome, Option<Box<dyn Revocable>>)> {
+        self.sink.commit_revocable(self.commit).await
     }
 
     async fn rollback(self: Box<Self>) -> Result<()> {

@@ -91,7 +91,7 @@ pub enum PlannerError {
     /// published unless `published` says otherwise.
     #[error(
         "INSERT {index} of the statement set (into {target}) failed: {source}{}",
-        published_note(.published)
+        published_note(.published, .swapped_back)
     )]
     StatementSet {
         /// 1-based position of the INSERT in the set.
@@ -105,6 +105,9 @@ pub enum PlannerError {
         /// Targets of the set already published when it failed (only a
         /// failure while publishing can leave any).
         published: Vec<String>,
+        /// Targets published before the failure and then swapped back to
+        /// their previous contents.
+        swapped_back: Vec<String>,
         /// What failed.
         source: Box<PlannerError>,
     },
@@ -116,15 +119,27 @@ pub enum PlannerError {
     DataFusion(#[from] DataFusionError),
 }
 
-fn published_note(published: &[String]) -> String {
+fn published_note(published: &[String], swapped_back: &[String]) -> String {
+    let mut note = String::new();
+    if !swapped_back.is_empty() {
+        note.push_str(&format!(
+            "; swapped back to their previous contents: {}",
+            swapped_back.join(", ")
+        ));
+    }
     if published.is_empty() {
-        "; no target of the set was changed".to_string()
+        note.push_str(if swapped_back.is_empty() {
+            "; no target of the set was changed"
+        } else {
+            "; no other target of the set was changed"
+        });
     } else {
-        format!(
+        note.push_str(&format!(
             "; ALREADY PUBLISHED before the failure: {}",
             published.join(", ")
-        )
+        ));
     }
+    note
 }
 
 impl PlannerError {

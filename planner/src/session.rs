@@ -792,14 +792,46 @@ impl SluiceSession {
             });
         };
         let partition_cols = table.partition_columns();
+        let by_value = table.overwrites_rows_by_value();
+        let target_fields: Vec<String> = table
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
         let mut static_values: Vec<(String, String)> = vec![];
         let mut dynamic = false;
         for e in insert.partitioned.iter().flatten() {
-            let (col, value) = partition_spec_item(e).ok_or_else(|| PlannerError::Unsupported {
-                what: format!("PARTITION element '{e}'"),
-                hint: "write PARTITION (col = 'value', ...) or PARTITION (col)".into(),
-            })?;
-            if !partition_cols.iter().any(|p| p.eq_ignore_ascii_case(&col)) {
+            let (mut col, value) =
+                partition_spec_item(e).ok_or_else(|| PlannerError::Unsupported {
+                    what: format!("PARTITION element '{e}'"),
+                    hint: "write PARTITION (col = 'value', ...) or PARTITION (col)".into(),
+                })?;
+            if by_value {
+                if value.is_none() {
+                    return Err(PlannerError::Unsupported {
+                        what: format!("PARTITION ({col}) without a value on {name}"),
+                        hint: format!(
+                            "a {} table replaces the rows of the values given: \
+                             write PARTITION ({col} = 'value')",
+                            table.connector_name()
+                        ),
+                    });
+                }
+                match target_fields.iter().find(|f| f.eq_ignore_ascii_case(&col)) {
+                    Some(field) => col = field.clone(),
+                    None => {
+                        return Err(PlannerError::SchemaMismatch {
+                            target: name.clone(),
+                            reason: format!(
+                                "PARTITION names '{col}', which is not a column of the table \
+                                 (columns: {})",
+                                target_fields.join(", ")
+                            ),
+                        });
+                    }
+                }
+            } else if !partition_cols.iter().any(|p| p.eq_ignore_ascii_case(&col)) {
                 return Err(PlannerError::SchemaMismatch {
                     target: name.clone(),
                     reason: format!(

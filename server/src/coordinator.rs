@@ -10,7 +10,9 @@
 //! failure aborts every sink. Then each sink prepares its publish, in the
 //! set's order (a failure rolls back the prepared ones and aborts all);
 //! then the sinks that could not prepare publish, then the prepared ones
-//! commit.
+//! commit. A failure while publishing swaps back the targets already
+//! published that can be undone (file tables, MySQL and ClickHouse
+//! overwrites), so only the others stay published.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -21,7 +23,7 @@ use datafusion::error::DataFusionError;
 use datafusion::execution::TaskContext;
 use datafusion::physical_plan::{ExecutionPlan, collect_partitioned};
 use sluice_connectors::sink::decode_commit_messages;
-use sluice_connectors::{CommitMessage, CommitOutcome, JobCommit, PreparedCommit};
+use sluice_connectors::{CommitMessage, CommitOutcome, JobCommit, PreparedCommit, Revocable};
 use sluice_planner::error::PlannerError;
 use sluice_planner::shared_scan::SharedScanConsumerExec;
 use sluice_planner::{WriteJob, WriteSet};
@@ -100,7 +102,7 @@ pub async fn run_write_set(
     for (k, job) in set.jobs.iter().enumerate() {
         if let Err(e) = job.sink.begin(&job.job_id).await {
             abort_jobs(set, &all).await;
-            return Err(set.error(k, vec![], e.into()));
+            return Err(set.error(k, e.into()));
         }
     }
     let heartbeats: Vec<SpawnedTask<()>> = set.jobs.iter().map(heartbeat).collect();
@@ -110,7 +112,7 @@ pub async fn run_write_set(
         Ok(r) => r,
         Err((k, e)) => {
             abort_jobs(set, &all).await;
-            return Err(set.error(k, vec![], e));
+            return Err(set.error(k, e));
         }
     };
 
@@ -128,32 +130,50 @@ pub async fn run_write_set(
             Err(e) => {
                 roll_back(set, prepared).await;
                 abort_jobs(set, &all).await;
-                return Err(set.error(k, vec![], e.into()));
+                return Err(set.error(k, e.into()));
             }
         }
     }
 
     // Publish: sinks that could not prepare first (their commit does the
     // whole publish and may fail like any commit), then the prepared ones
-    // (their commit is a plain COMMIT), each group in the set's order.
+    // (their commit is a plain COMMIT), each group in the set's order. A
+    // publish that can be undone keeps the target's previous contents
+    // aside until every target has published.
     prepared.sort_by_key(|(k, p)| (!p.is_deferred(), *k));
     let mut outcomes: Vec<Option<CommitOutcome>> = vec![None; set.jobs.len()];
-    let mut published: Vec<String> = vec![];
+    let mut published: Vec<(usize, Option<Box<dyn Revocable>>)> = vec![];
     let mut pending = prepared.into_iter();
     while let Some((k, p)) = pending.next() {
-        match p.commit().await {
-            Ok(outcome) => {
+        match p.commit_revocable().await {
+            Ok((outcome, undo)) => {
                 outcomes[k] = Some(outcome);
-                published.push(set.jobs[k].target.clone());
+                published.push((k, undo));
             }
             Err(e) => {
                 roll_back(set, pending.collect()).await;
-                let unpublished: Vec<usize> = (0..set.jobs.len())
-                    .filter(|i| outcomes[*i].is_none())
-                    .collect();
+                let was_published: Vec<usize> = published.iter().map(|(i, _)| *i).collect();
+                let kept = swap_back(set, published).await;
+                let unpublished: Vec<usize> =
+                    (0..set.jobs.len()).filter(|i| !kept.contains(i)).collect();
                 abort_jobs(set, &unpublished).await;
-                return Err(set.error(k, published, e.into()));
+                let target = |i: &usize| set.jobs[*i].target.clone();
+                let swapped = was_published.iter().filter(|i| !kept.contains(i));
+                return Err(set.publish_error(
+                    k,
+                    kept.iter().map(target).collect(),
+                    swapped.map(target).collect(),
+                    e.into(),
+                ));
             }
+        }
+    }
+    for (k, undo) in published {
+        if let Some(undo) = undo
+            && let Err(e) = undo.finish().await
+        {
+            tracing::warn!(target = %set.jobs[k].target, error = %e,
+                "could not remove a target's previous contents; the sweep will");
         }
     }
     Ok((
@@ -212,6 +232,30 @@ async fn roll_back(set: &WriteSet, prepared: Vec<(usize, Box<dyn PreparedCommit 
             tracing::warn!(target = %set.jobs[k].target, error = %e, "could not roll back a prepared publish");
         }
     }
+}
+
+/// Undoes the publishes of a failed set, the latest first. Returns the
+/// jobs whose publish stays (it could not be undone).
+async fn swap_back(
+    set: &WriteSet,
+    published: Vec<(usize, Option<Box<dyn Revocable>>)>,
+) -> Vec<usize> {
+    let mut kept = vec![];
+    for (k, undo) in published.into_iter().rev() {
+        let target = &set.jobs[k].target;
+        match undo {
+            Some(undo) => match undo.swap_back().await {
+                Ok(()) => tracing::info!(%target, "swapped the previous contents back"),
+                Err(e) => {
+                    tracing::error!(%target, error = %e, "could not swap the previous contents back");
+                    kept.push(k);
+                }
+            },
+            None => kept.push(k),
+        }
+    }
+    kept.sort_unstable();
+    kept
 }
 
 async fn abort_jobs(set: &WriteSet, jobs: &[usize]) {

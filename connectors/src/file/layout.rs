@@ -349,8 +349,19 @@ pub(crate) async fn sweep_staging(loc: &Location, skip_job: Option<&str>) -> Res
 pub async fn gc_table(loc: &Location) -> Result<GcReport> {
     let mut report = sweep_staging(loc, None).await?;
     if let Some(latest) = manifest::load_latest(loc).await? {
-        let live: HashSet<&str> = latest.files.iter().map(|f| f.path.as_str()).collect();
         let running: HashSet<String> = staging_jobs(loc).await?.into_iter().collect();
+        // While a job runs, the files of the version before the newest stay:
+        // a statement set may still swap the newest version back.
+        let before = match latest.version {
+            v if v > 1 && !running.is_empty() => manifest::load_version(loc, v - 1).await?,
+            _ => None,
+        };
+        let live: HashSet<&str> = latest
+            .files
+            .iter()
+            .chain(before.iter().flat_map(|m| m.files.iter()))
+            .map(|f| f.path.as_str())
+            .collect();
         let metas: Vec<_> = loc
             .store
             .list(Some(&loc.path))

@@ -84,6 +84,28 @@ impl Manifest {
     }
 }
 
+impl Manifest {
+    /// The version after `published` that puts back the table before it:
+    /// the `previous` manifest's files (`files`, the directory's files
+    /// when there was none) and ledger.
+    pub(crate) fn restore(
+        published: &Manifest,
+        previous: Option<&Manifest>,
+        files: Vec<ManifestFile>,
+    ) -> Self {
+        Self {
+            format: MANIFEST_FORMAT.to_string(),
+            format_version: MANIFEST_FORMAT_VERSION,
+            version: published.version + 1,
+            committed_at: chrono::Utc::now().to_rfc3339(),
+            job_id: published.job_id.clone(),
+            operation: format!("swap back {}", published.operation),
+            files,
+            ledger: previous.map(|m| m.ledger.clone()).unwrap_or_default(),
+        }
+    }
+}
+
 /// The newest manifest of the table at `loc`, if any.
 pub(crate) async fn load_latest(loc: &Location) -> Result<Option<Manifest>> {
     let dir = layout::manifests_dir(&loc.path);
@@ -105,6 +127,15 @@ pub(crate) async fn load_latest(loc: &Location) -> Result<Option<Manifest>> {
         return Ok(None);
     };
     read_manifest(loc, path).await.map(Some)
+}
+
+/// Version `version` of the table's manifest, if it is still there.
+pub(crate) async fn load_version(loc: &Location, version: u64) -> Result<Option<Manifest>> {
+    match read_manifest(loc, &layout::manifest_path(&loc.path, version)).await {
+        Ok(m) => Ok(Some(m)),
+        Err(ConnectorError::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 async fn read_manifest(loc: &Location, path: &Path) -> Result<Manifest> {

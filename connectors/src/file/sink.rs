@@ -14,7 +14,7 @@ use super::manifest::{self, Manifest, ManifestFile};
 use super::writer::{FileTaskWriter, StagedFiles, WriterShared};
 use crate::error::{ConnectorError, Result};
 use crate::sink::{
-    CommitMessage, CommitOutcome, JobCommit, Sink, SinkDescriptor, SinkWriter, WriteMode,
+    CommitMessage, CommitOutcome, JobCommit, Revocable, Sink, SinkDescriptor, SinkWriter, WriteMode,
 };
 use crate::store::Location;
 
@@ -267,6 +267,17 @@ impl Sink for FileSink {
     }
 
     async fn commit(&self, commit: JobCommit) -> Result<CommitOutcome> {
+        let (outcome, undo) = self.commit_revocable(commit).await?;
+        if let Some(undo) = undo {
+            undo.finish().await?;
+        }
+        Ok(outcome)
+    }
+
+    async fn commit_revocable(
+        &self,
+        commit: JobCommit,
+    ) -> Result<(CommitOutcome, Option<Box<dyn Revocable>>)> {
         // One winning message per task, whatever the caller sent.
         let mut winners: BTreeMap<u64, CommitMessage> = BTreeMap::new();
         for m in commit.messages {
@@ -284,7 +295,7 @@ impl Sink for FileSink {
             let out = self.commit_single_file(staged).await?;
             layout::delete_prefix(&loc, &layout::staging_dir(&loc.path, &commit.job_id)).await?;
             layout::remove_empty_meta_dirs(&loc);
-            return Ok(out);
+            return Ok((out, None));
         }
 
         let written_partitions: HashSet<String> =
@@ -313,14 +324,15 @@ impl Sink for FileSink {
             && current.as_ref().is_some_and(|m| m.ledger.contains(run_id))
         {
             self.abort(&commit.job_id).await?;
-            return Ok(CommitOutcome {
+            let outcome = CommitOutcome {
                 skipped: Some(format!(
                     "run id {run_id} was already committed to {}; not appended again \
                      (use --force-rerun to append anyway)",
                     self.name
                 )),
                 ..Default::default()
-            });
+            };
+            return Ok((outcome, None));
         }
 
         layout::write_intent(
@@ -337,6 +349,7 @@ impl Sink for FileSink {
         let operation = self.mode.to_string();
         let mut committed: Option<Manifest> = None;
         let mut replaced_files: Vec<ManifestFile> = vec![];
+        let mut previous: (Option<Manifest>, Vec<ManifestFile>) = (None, vec![]);
         for attempt in 0..COMMIT_ATTEMPTS {
             if attempt > 0 {
                 let (c, b) = manifest::live_files(&loc).await?;
@@ -362,6 +375,7 @@ impl Sink for FileSink {
             if manifest::try_create(&loc, &next).await? {
                 committed = Some(next);
                 replaced_files = replaced;
+                previous = (current.take(), std::mem::take(&mut base));
                 break;
             }
             tracing::debug!(target_table = %self.name, attempt, "manifest race lost, retrying");
@@ -374,15 +388,8 @@ impl Sink for FileSink {
         };
 
         // Past the commit point: clean up; failures here only leave garbage
-        // that `sluice gc` removes.
-        for f in &replaced_files {
-            let path = layout::join(&loc.path, &f.path);
-            if let Err(e) = loc.store.delete(&path).await
-                && !matches!(e, object_store::Error::NotFound { .. })
-            {
-                tracing::warn!(path = %path, error = %e, "could not delete a replaced file");
-            }
-        }
+        // that `sluice gc` removes. The replaced files stay until the
+        // publish is final (`finish`), so that it can be swapped back.
         if let Err(e) = loc
             .store
             .put(
@@ -393,24 +400,111 @@ impl Sink for FileSink {
         {
             tracing::warn!(error = %e, "could not write _SUCCESS marker");
         }
-        if let Err(e) =
-            layout::delete_prefix(&loc, &layout::staging_dir(&loc.path, &commit.job_id)).await
-        {
-            tracing::warn!(error = %e, "could not remove the staging area after commit");
-        }
         manifest::prune_manifests(&loc.store, &loc.path, 20).await;
         tracing::debug!(target_table = %self.name, version = manifest.version, "committed");
-        Ok(CommitOutcome {
+        let outcome = CommitOutcome {
             rows,
             bytes,
             files: new_files.len() as u64,
             skipped: None,
-        })
+        };
+        // The staging area (with the job's lease) stays until `finish`, so
+        // that `sluice gc` keeps the replaced files meanwhile.
+        let undo = FilePublish {
+            job_id: commit.job_id.clone(),
+            name: self.name.clone(),
+            loc,
+            published: manifest,
+            previous: previous.0,
+            previous_files: previous.1,
+            replaced: replaced_files,
+            written: new_files,
+        };
+        Ok((outcome, Some(Box::new(undo))))
     }
 
     async fn abort(&self, job_id: &str) -> Result<()> {
         let loc = self.loc();
         layout::delete_prefix(loc, &layout::staging_dir(&loc.path, job_id)).await?;
+        Ok(())
+    }
+}
+
+/// A manifest commit that can still be swapped back: the files it
+/// replaced are deleted only by [`Revocable::finish`].
+struct FilePublish {
+    job_id: String,
+    name: String,
+    loc: Location,
+    /// The manifest the commit created.
+    published: Manifest,
+    /// The manifest before it (none for a table without one).
+    previous: Option<Manifest>,
+    /// The live files before it.
+    previous_files: Vec<ManifestFile>,
+    /// Files the commit replaced.
+    replaced: Vec<ManifestFile>,
+    /// Files the commit added.
+    written: Vec<ManifestFile>,
+}
+
+impl FilePublish {
+    async fn remove_staging(&self) {
+        let dir = layout::staging_dir(&self.loc.path, &self.job_id);
+        if let Err(e) = layout::delete_prefix(&self.loc, &dir).await {
+            tracing::warn!(error = %e, "could not remove the staging area after commit");
+        }
+    }
+
+    async fn delete(&self, files: &[ManifestFile], what: &str) {
+        for f in files {
+            let path = layout::join(&self.loc.path, &f.path);
+            if let Err(e) = self.loc.store.delete(&path).await
+                && !matches!(e, object_store::Error::NotFound { .. })
+            {
+                tracing::warn!(path = %path, error = %e, "could not delete {what}");
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Revocable for FilePublish {
+    async fn swap_back(self: Box<Self>) -> Result<()> {
+        // Only while our version is the newest: a later commit of another
+        // job built on our files, and restoring would drop its work.
+        let latest = manifest::load_latest(&self.loc).await?;
+        let newest = latest.as_ref().map(|m| m.version);
+        let refuse = |reason: String| ConnectorError::SwapBack {
+            target: self.name.clone(),
+            reason,
+        };
+        if newest != Some(self.published.version) {
+            return Err(refuse(format!(
+                "another job committed version {} after version {} of this set",
+                newest.unwrap_or_default(),
+                self.published.version
+            )));
+        }
+        let restored = Manifest::restore(
+            &self.published,
+            self.previous.as_ref(),
+            self.previous_files.clone(),
+        );
+        if !manifest::try_create(&self.loc, &restored).await? {
+            return Err(refuse(format!(
+                "another job committed version {} while it was being swapped back",
+                restored.version
+            )));
+        }
+        self.delete(&self.written, "a swapped-back file").await;
+        self.remove_staging().await;
+        Ok(())
+    }
+
+    async fn finish(self: Box<Self>) -> Result<()> {
+        self.delete(&self.replaced, "a replaced file").await;
+        self.remove_staging().await;
         Ok(())
     }
 }

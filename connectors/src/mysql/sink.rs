@@ -25,6 +25,13 @@
 //! instead, since foreign keys would follow the renamed table. The new and
 //! old tables are registered in `_sluice_staging` too, so a crash at any
 //! point leaves nothing behind after the lease expires.
+//!
+//! In a statement set, [`Sink::prepare_commit`] runs the transactional
+//! publish (append, upsert, overwrite by `DELETE`) up to its `COMMIT` and
+//! holds it, with the commit lock, until every target has published. An
+//! overwrite by rename cannot be held (DDL commits implicitly): it
+//! publishes with the sinks that do not prepare, and keeps the old table
+//! until the set is done, so that a later failure renames it back.
 
 use std::sync::Arc;
 
@@ -40,7 +47,8 @@ use super::{MyConnection, quote_ident, quote_literal, quote_table, split_qualifi
 use crate::error::{ConnectorError, ErrorClass, Result};
 use crate::options::TableOptions;
 use crate::sink::{
-    CommitMessage, CommitOutcome, JobCommit, Sink, SinkDescriptor, SinkWriter, WriteMode,
+    CommitMessage, CommitOutcome, DeferredCommit, JobCommit, PreparedCommit, Revocable, Sink,
+    SinkDescriptor, SinkWriter, WriteMode,
 };
 
 /// How long a job's staging tables survive without a heartbeat.
@@ -83,15 +91,7 @@ impl MySqlSink {
         primary_key: Vec<String>,
         mode: WriteMode,
     ) -> Result<Self> {
-        if !matches!(mode, WriteMode::Append | WriteMode::Overwrite) {
-            return Err(ConnectorError::UnsupportedWrite {
-                target: name,
-                reason: format!(
-                    "mysql tables support INSERT INTO and INSERT OVERWRITE (whole table), \
-                     not {mode}"
-                ),
-            });
-        }
+        crate::database::check_write_mode("mysql", &name, &schema, &mode)?;
         let duplicates = match options.literal("sink.upsert.duplicates")? {
             None | Some("error") => Duplicates::Error,
             Some("last") => Duplicates::Last,
@@ -128,6 +128,11 @@ impl MySqlSink {
     }
 
     /// `` `db`. `` of the target, or empty when the name is unqualified.
+    /// The rows an overwrite deletes, as a `WHERE` clause (empty: all).
+    fn clear_filter(&self) -> Option<String> {
+        crate::database::overwrite_filter(&self.mode, quote_ident, quote_literal)
+    }
+
     fn db_prefix(&self) -> String {
         let parts = split_qualified(&self.table);
         if parts.len() > 1 {
@@ -269,12 +274,16 @@ impl MySqlSink {
             .map_err(|e| self.err("check the upsert keys of", e))
     }
 
+    /// The publish, under the commit lock. With `hold`, a transactional
+    /// publish stops before its `COMMIT`, and an overwrite by rename does
+    /// nothing ([`Publish::Deferred`]).
     async fn commit_locked(
         &self,
         client: &mut Conn,
         commit: &JobCommit,
         stages: &[String],
-    ) -> Result<CommitOutcome> {
+        hold: bool,
+    ) -> Result<Publish> {
         let done: Option<i64> = client
             .exec_first(
                 format!(
@@ -287,10 +296,10 @@ impl MySqlSink {
             .map_err(|e| self.err("read the commit ledger of", e))?;
         if let Some(rows) = done {
             // A retried commit of a job that already committed.
-            return Ok(CommitOutcome {
+            return Ok(Publish::Done(CommitOutcome {
                 rows: rows as u64,
                 ..Default::default()
-            });
+            }));
         }
         if let Some(run_id) = &commit.run_id
             && !commit.force
@@ -307,14 +316,14 @@ impl MySqlSink {
                 .await
                 .map_err(|e| self.err("read the commit ledger of", e))?;
             if seen.is_some() {
-                return Ok(CommitOutcome {
+                return Ok(Publish::Done(CommitOutcome {
                     skipped: Some(format!(
                         "run id {run_id} was already committed to {}; not appended again \
                          (use --force-rerun to append anyway)",
                         self.name
                     )),
                     ..Default::default()
-                });
+                }));
             }
         }
         let cols = self.columns();
@@ -395,7 +404,16 @@ impl MySqlSink {
             mode,
             staged_rows as i64,
         );
+        let outcome = CommitOutcome {
+            rows: staged_rows,
+            bytes: commit.messages.iter().map(|m| m.bytes).sum(),
+            files: 0,
+            skipped: None,
+        };
         if self.mode == WriteMode::Overwrite && !self.referenced(client).await? {
+            if hold {
+                return Ok(Publish::Deferred);
+            }
             let tag = hash_hex(&commit.job_id, 12);
             let new = format!("_sluice_new_{tag}");
             let old = format!("_sluice_old_{tag}");
@@ -430,37 +448,227 @@ impl MySqlSink {
                 .exec_drop(record, record_params)
                 .await
                 .map_err(|e| self.err("record the commit of", e))?;
-            return Ok(CommitOutcome {
-                rows: staged_rows,
-                bytes: commit.messages.iter().map(|m| m.bytes).sum(),
-                files: 0,
-                skipped: None,
+            let undo = Box::new(RenamedOverwrite {
+                sink: self.clone(),
+                job_id: commit.job_id.clone(),
+                new,
+                old,
             });
+            return Ok(Publish::Renamed(outcome, undo));
         }
-        let mut tx = client
-            .start_transaction(Default::default())
+        // A transaction on the connection itself (not a borrowing
+        // `Transaction`), so that a prepared publish can keep it open.
+        client
+            .query_drop("START TRANSACTION")
             .await
             .map_err(|e| self.err("commit to", e))?;
-        if self.mode == WriteMode::Overwrite {
-            tx.query_drop(format!("DELETE FROM {target}"))
+        let result = async {
+            if let Some(filter) = self.clear_filter() {
+                client
+                    .query_drop(format!("DELETE FROM {target}{filter}"))
+                    .await
+                    .map_err(|e| self.err("clear", e))?;
+            }
+            if let Some(sql) = fill(&target) {
+                client
+                    .query_drop(sql)
+                    .await
+                    .map_err(|e| self.err(if upsert { "upsert into" } else { "write" }, e))?;
+            }
+            client
+                .exec_drop(record, record_params)
                 .await
-                .map_err(|e| self.err("clear", e))?;
+                .map_err(|e| self.err("record the commit of", e))
         }
-        if let Some(sql) = fill(&target) {
-            tx.query_drop(sql)
-                .await
-                .map_err(|e| self.err(if upsert { "upsert into" } else { "write" }, e))?;
+        .await;
+        if let Err(e) = result {
+            let _ = client.query_drop("ROLLBACK").await;
+            return Err(e);
         }
-        tx.exec_drop(record, record_params)
+        if hold {
+            return Ok(Publish::Open(outcome));
+        }
+        client
+            .query_drop("COMMIT")
             .await
-            .map_err(|e| self.err("record the commit of", e))?;
-        tx.commit().await.map_err(|e| self.err("commit to", e))?;
-        Ok(CommitOutcome {
-            rows: staged_rows,
-            bytes: commit.messages.iter().map(|m| m.bytes).sum(),
-            files: 0,
-            skipped: None,
-        })
+            .map_err(|e| self.err("commit to", e))?;
+        Ok(Publish::Done(outcome))
+    }
+
+    /// Connects and takes the table's commit lock (released by
+    /// [`Self::unlock`] or with the connection).
+    async fn lock(&self) -> Result<(Conn, String)> {
+        let mut client = self.conn.connect().await?;
+        // Lock names are limited to 64 characters.
+        let lock = format!(
+            "sluice:{}",
+            hash_hex(&format!("{}/{}", self.conn.endpoint(), self.table), 12)
+        );
+        let got: Option<i64> = client
+            .exec_first("SELECT GET_LOCK(?, ?)", (&lock, COMMIT_LOCK_SECONDS))
+            .await
+            .map_err(|e| self.err("lock for commit", e))?;
+        if got != Some(1) {
+            return Err(ConnectorError::Database {
+                connector: "mysql",
+                on: format!("table {} at {}", self.table, self.conn),
+                action: "lock for commit".into(),
+                message: format!(
+                    "another job kept committing to the table for {COMMIT_LOCK_SECONDS} s"
+                ),
+                hint: "retry when the other job has finished".into(),
+                class: ErrorClass::External,
+            });
+        }
+        Ok((client, lock))
+    }
+
+    async fn unlock(client: &mut Conn, lock: &str) {
+        let _ = client.exec_drop("DO RELEASE_LOCK(?)", (lock,)).await;
+    }
+
+    /// Drops the job's side tables after its publish; a failure leaves
+    /// them to the sweep.
+    async fn drop_job_stages(&self, client: &mut Conn, job_id: &str) {
+        if let Err(e) = self
+            .drop_stages(client, &format!("job_id = {}", quote_literal(job_id)))
+            .await
+        {
+            tracing::warn!(target = %self.table, "staging tables left for the sweep: {e}");
+        }
+    }
+
+    fn stages(commit: &JobCommit) -> Result<Vec<String>> {
+        let mut messages = commit.messages.clone();
+        messages.sort_by_key(|m| m.task);
+        messages
+            .iter()
+            .map(|m| {
+                m.payload
+                    .get("stage")
+                    .and_then(|s| s.as_str())
+                    .map(str::to_string)
+                    .ok_or_else(|| ConnectorError::Internal("commit message without stage".into()))
+            })
+            .collect()
+    }
+}
+
+/// What a publish came to.
+enum Publish {
+    /// Committed, or nothing to do (the job or its run id already committed).
+    Done(CommitOutcome),
+    /// The overwrite's rename is done; the old table is still there.
+    Renamed(CommitOutcome, Box<RenamedOverwrite>),
+    /// The transaction holds the publish; `COMMIT` makes it visible.
+    Open(CommitOutcome),
+    /// An overwrite by rename cannot be held open: publish it later.
+    Deferred,
+}
+
+/// An overwrite swapped in by `RENAME TABLE`, whose old table is kept
+/// until [`Revocable::finish`].
+struct RenamedOverwrite {
+    sink: MySqlSink,
+    job_id: String,
+    /// Now the name of the previous contents' way back (empty).
+    new: String,
+    /// Holds the previous contents.
+    old: String,
+}
+
+#[async_trait]
+impl Revocable for RenamedOverwrite {
+    async fn swap_back(self: Box<Self>) -> Result<()> {
+        let sink = &self.sink;
+        let (mut client, lock) = sink.lock().await?;
+        let result = async {
+            client
+                .query_drop(format!(
+                    "RENAME TABLE {target} TO {new}, {old} TO {target}",
+                    target = quote_table(&sink.table),
+                    old = sink.side_table(&self.old),
+                    new = sink.side_table(&self.new)
+                ))
+                .await
+                .map_err(|e| sink.err("swap back the previous contents of", e))?;
+            client
+                .exec_drop(
+                    format!(
+                        "DELETE FROM {} WHERE target = ? AND job_id = ?",
+                        sink.ledger()
+                    ),
+                    (&sink.table, &self.job_id),
+                )
+                .await
+                .map_err(|e| sink.err("remove the commit record of", e))
+        }
+        .await;
+        MySqlSink::unlock(&mut client, &lock).await;
+        result
+    }
+
+    async fn finish(self: Box<Self>) -> Result<()> {
+        let mut client = self.sink.conn.connect().await?;
+        self.sink.drop_job_stages(&mut client, &self.job_id).await;
+        Ok(())
+    }
+}
+
+/// A publish transaction left open by [`Sink::prepare_commit`], holding
+/// the table's commit lock.
+struct PreparedMySql {
+    sink: MySqlSink,
+    client: Conn,
+    lock: String,
+    job_id: String,
+    publish: Publish,
+}
+
+#[async_trait]
+impl PreparedCommit for PreparedMySql {
+    async fn commit(self: Box<Self>) -> Result<CommitOutcome> {
+        let Self {
+            sink,
+            mut client,
+            lock,
+            job_id,
+            publish,
+        } = *self;
+        let outcome = match publish {
+            Publish::Open(outcome) => client
+                .query_drop("COMMIT")
+                .await
+                .map_err(|e| sink.err("commit to", e))
+                .map(|()| outcome),
+            Publish::Done(outcome) => Ok(outcome),
+            Publish::Renamed(..) | Publish::Deferred => Err(ConnectorError::Internal(
+                "a MySQL overwrite by rename was prepared".into(),
+            )),
+        };
+        MySqlSink::unlock(&mut client, &lock).await;
+        let outcome = outcome?;
+        sink.drop_job_stages(&mut client, &job_id).await;
+        Ok(outcome)
+    }
+
+    async fn rollback(self: Box<Self>) -> Result<()> {
+        let Self {
+            sink,
+            mut client,
+            lock,
+            publish,
+            ..
+        } = *self;
+        let result = match publish {
+            Publish::Open(_) => client
+                .query_drop("ROLLBACK")
+                .await
+                .map_err(|e| sink.err("roll back the publish into", e)),
+            _ => Ok(()),
+        };
+        MySqlSink::unlock(&mut client, &lock).await;
+        result
     }
 }
 
@@ -564,53 +772,58 @@ impl Sink for MySqlSink {
     }
 
     async fn commit(&self, commit: JobCommit) -> Result<CommitOutcome> {
-        let mut client = self.conn.connect().await?;
-        let mut messages = commit.messages.clone();
-        messages.sort_by_key(|m| m.task);
-        let stages: Vec<String> = messages
-            .iter()
-            .map(|m| {
-                m.payload
-                    .get("stage")
-                    .and_then(|s| s.as_str())
-                    .map(str::to_string)
-                    .ok_or_else(|| ConnectorError::Internal("commit message without stage".into()))
-            })
-            .collect::<Result<_>>()?;
-        // Lock names are limited to 64 characters.
-        let lock = format!(
-            "sluice:{}",
-            hash_hex(&format!("{}/{}", self.conn.endpoint(), self.table), 12)
-        );
-        let got: Option<i64> = client
-            .exec_first("SELECT GET_LOCK(?, ?)", (&lock, COMMIT_LOCK_SECONDS))
-            .await
-            .map_err(|e| self.err("lock for commit", e))?;
-        if got != Some(1) {
-            return Err(ConnectorError::Database {
-                connector: "mysql",
-                on: format!("table {} at {}", self.table, self.conn),
-                action: "lock for commit".into(),
-                message: format!(
-                    "another job kept committing to the table for {COMMIT_LOCK_SECONDS} s"
-                ),
-                hint: "retry when the other job has finished".into(),
-                class: ErrorClass::External,
-            });
-        }
-        let outcome = self.commit_locked(&mut client, &commit, &stages).await;
-        let _ = client.exec_drop("DO RELEASE_LOCK(?)", (&lock,)).await;
-        let outcome = outcome?;
-        if let Err(e) = self
-            .drop_stages(
-                &mut client,
-                &format!("job_id = {}", quote_literal(&commit.job_id)),
-            )
-            .await
-        {
-            tracing::warn!(target = %self.table, "staging tables left for the sweep: {e}");
+        let (outcome, undo) = self.commit_revocable(commit).await?;
+        if let Some(undo) = undo {
+            undo.finish().await?;
         }
         Ok(outcome)
+    }
+
+    async fn commit_revocable(
+        &self,
+        commit: JobCommit,
+    ) -> Result<(CommitOutcome, Option<Box<dyn Revocable>>)> {
+        let stages = Self::stages(&commit)?;
+        let (mut client, lock) = self.lock().await?;
+        let publish = self
+            .commit_locked(&mut client, &commit, &stages, false)
+            .await;
+        Self::unlock(&mut client, &lock).await;
+        match publish? {
+            Publish::Renamed(outcome, undo) => Ok((outcome, Some(undo))),
+            Publish::Done(outcome) => {
+                self.drop_job_stages(&mut client, &commit.job_id).await;
+                Ok((outcome, None))
+            }
+            Publish::Open(_) | Publish::Deferred => Err(ConnectorError::Internal(
+                "a MySQL publish was left open".into(),
+            )),
+        }
+    }
+
+    async fn prepare_commit(&self, commit: JobCommit) -> Result<Box<dyn PreparedCommit + '_>> {
+        let stages = Self::stages(&commit)?;
+        let (mut client, lock) = self.lock().await?;
+        match self
+            .commit_locked(&mut client, &commit, &stages, true)
+            .await
+        {
+            Ok(Publish::Deferred) => {
+                Self::unlock(&mut client, &lock).await;
+                Ok(Box::new(DeferredCommit { sink: self, commit }))
+            }
+            Ok(publish) => Ok(Box::new(PreparedMySql {
+                sink: self.clone(),
+                client,
+                lock,
+                job_id: commit.job_id,
+                publish,
+            })),
+            Err(e) => {
+                Self::unlock(&mut client, &lock).await;
+                Err(e)
+            }
+        }
     }
 
     async fn abort(&self, job_id: &str) -> Result<()> {

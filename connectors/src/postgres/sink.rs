@@ -165,15 +165,7 @@ impl PostgresSink {
         primary_key: Vec<String>,
         mode: WriteMode,
     ) -> Result<Self> {
-        if !matches!(mode, WriteMode::Append | WriteMode::Overwrite) {
-            return Err(ConnectorError::UnsupportedWrite {
-                target: name,
-                reason: format!(
-                    "postgres tables support INSERT INTO and INSERT OVERWRITE (whole table), \
-                     not {mode}; delete the rows in a 'query' first or write to a file table"
-                ),
-            });
-        }
+        crate::database::check_write_mode("postgres", &name, &schema, &mode)?;
         let duplicates = match options.literal("sink.upsert.duplicates")? {
             None | Some("error") => Duplicates::Error,
             Some("last") => Duplicates::Last,
@@ -219,6 +211,11 @@ impl PostgresSink {
             transaction,
             mode,
         })
+    }
+
+    /// The rows an overwrite deletes, as a `WHERE` clause (empty: all).
+    fn clear_filter(&self) -> Option<String> {
+        crate::database::overwrite_filter(&self.mode, quote_ident, quote_literal)
     }
 
     fn is_upsert(&self) -> bool {
@@ -371,8 +368,9 @@ impl PostgresSink {
             .await?;
         client
             .batch_execute(&format!(
-                "DELETE FROM {}; SET CONSTRAINTS ALL IMMEDIATE; PREPARE TRANSACTION {}",
+                "DELETE FROM {}{}; SET CONSTRAINTS ALL IMMEDIATE; PREPARE TRANSACTION {}",
                 quote_table(&self.table),
+                self.clear_filter().unwrap_or_default(),
                 quote_literal(&gid)
             ))
             .await
@@ -696,7 +694,7 @@ impl PostgresSink {
             })
             .collect();
         // The overwrite's old rows, deleted by `begin` in a prepared transaction.
-        let clear = if self.mode == WriteMode::Overwrite {
+        let clear = if self.clear_filter().is_some() {
             tx.query_opt(
                 &format!(
                     "SELECT gid FROM {} WHERE job_id = $1 AND task = {CLEAR_TASK} \
@@ -766,12 +764,17 @@ impl PostgresSink {
                 }));
             }
         }
-        if self.mode == WriteMode::Overwrite && !cleared && !prepared.is_empty() {
-            // The prepared tasks hold the table: TRUNCATE would wait for them.
-            tx.batch_execute(&format!("DELETE FROM {target}"))
+        let filter = self.clear_filter().filter(|_| !cleared);
+        if let Some(filter) = filter
+            .as_ref()
+            .filter(|f| !f.is_empty() || !prepared.is_empty())
+        {
+            // A partition's rows, or while the prepared tasks hold the
+            // table (TRUNCATE would wait for them).
+            tx.batch_execute(&format!("DELETE FROM {target}{filter}"))
                 .await
                 .map_err(|e| self.err("clear", e))?;
-        } else if self.mode == WriteMode::Overwrite && !cleared {
+        } else if filter.is_some() {
             tx.batch_execute("SAVEPOINT sluice_truncate")
                 .await
                 .map_err(|e| self.err("clear", e))?;
@@ -987,7 +990,7 @@ impl Sink for PostgresSink {
                 "finished prepared transactions left by crashed jobs"
             );
         }
-        if self.mode == WriteMode::Overwrite && self.use_prepared(&client).await? {
+        if self.clear_filter().is_some() && self.use_prepared(&client).await? {
             self.prepare_clear(&client, job_id).await?;
         }
         Ok(())

@@ -67,7 +67,19 @@ impl WriteSet {
     }
 
     /// `error` of INSERT `index` (0-based), naming it and its target.
-    pub fn error(&self, index: usize, published: Vec<String>, error: PlannerError) -> PlannerError {
+    pub fn error(&self, index: usize, error: PlannerError) -> PlannerError {
+        self.publish_error(index, vec![], vec![], error)
+    }
+
+    /// `error` of INSERT `index` (0-based) while the set published: the
+    /// targets that stay `published` and those `swapped_back`.
+    pub fn publish_error(
+        &self,
+        index: usize,
+        published: Vec<String>,
+        swapped_back: Vec<String>,
+        error: PlannerError,
+    ) -> PlannerError {
         let (line, column) = self.positions.get(index).copied().unwrap_or((1, 1));
         PlannerError::StatementSet {
             index: index + 1,
@@ -79,6 +91,7 @@ impl WriteSet {
             line,
             column,
             published,
+            swapped_back,
             source: Box::new(error),
         }
     }
@@ -173,6 +186,7 @@ impl SluiceSession {
             line: positions[k].0,
             column: positions[k].1,
             published: vec![],
+            swapped_back: vec![],
             source: Box::new(e),
         };
         let mut bound: Vec<BoundInsert> = Vec::with_capacity(set.len());

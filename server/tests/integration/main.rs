@@ -4,6 +4,7 @@
 
 mod cli;
 mod clickhouse;
+mod db_partitions;
 mod fault;
 mod flight;
 mod lookup;
@@ -49,6 +50,7 @@ fn main() -> ExitCode {
     trials.extend(lookup::trials());
     trials.extend(staged::trials());
     trials.extend(statement_set::trials());
+    trials.extend(db_partitions::trials());
     trials.extend(flight::trials());
     trials.extend(flight::slt_trials(&config, &suites));
     let staged = RunnerConfig {

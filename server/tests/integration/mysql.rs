@@ -127,7 +127,7 @@ impl My {
     }
 
     /// Tables Sluice created besides the ledger (staging, new, old).
-    fn side_tables(&self) -> Result<usize, Failed> {
+    pub(crate) fn side_tables(&self) -> Result<usize, Failed> {
         Ok(self
             .one(&format!(
                 "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = '{}' \

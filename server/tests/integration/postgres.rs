@@ -96,7 +96,7 @@ impl Pg {
             .collect())
     }
 
-    fn one(&self, sql: &str) -> Result<String, Failed> {
+    pub(crate) fn one(&self, sql: &str) -> Result<String, Failed> {
         self.query(sql)?
             .first()
             .and_then(|r| r.first().cloned())

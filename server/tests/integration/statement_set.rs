@@ -1,9 +1,11 @@
 //! `EXECUTE STATEMENT SET`: one source read once into several sinks, and
-//! all-or-nothing publishing, against the real Postgres, through `sluice run`.
+//! all-or-nothing publishing, against the real Postgres and MariaDB, through
+//! `sluice run`.
 
 use sluice_sql_tests::{Failed, Trial};
 
 use crate::flight::start_server;
+use crate::mysql::My;
 use crate::postgres::Pg;
 use crate::support::{Scratch, check, stderr, stdout};
 
@@ -16,6 +18,10 @@ pub(crate) fn trials() -> Vec<Trial> {
         Trial::test(
             "statement_set::a_failing_second_sink_publishes_neither",
             a_failing_second_sink_publishes_neither,
+        ),
+        Trial::test(
+            "statement_set::a_failing_publish_swaps_back_earlier_targets",
+            a_failing_publish_swaps_back_earlier_targets,
         ),
         Trial::test(
             "statement_set::runs_on_the_flight_sql_server",
@@ -35,6 +41,18 @@ fn source_csv(sc: &Scratch, n: u64) {
 
 const SOURCE: &str = "CREATE EXTERNAL TABLE src (id BIGINT, v VARCHAR) STORED AS CSV \
                       LOCATION 'src.csv' OPTIONS ('format.has_header' 'true')";
+
+/// Names of the Parquet files in the file table's directory.
+fn parquet_files(sc: &Scratch) -> Vec<String> {
+    std::fs::read_dir(sc.path().join("out/files"))
+        .map(|dir| {
+            dir.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(".parquet"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
 
 fn one(pg: &Pg, sql: &str) -> Result<String, Failed> {
     pg.query(sql)?
@@ -266,6 +284,155 @@ fn a_failing_second_sink_publishes_neither() -> Result<(), Failed> {
     check(
         one(&pg, &format!("SELECT count(*) FROM {s}._sluice_commits"))? == "2",
         "both Postgres commits are in the ledger",
+        &o,
+    )?;
+    Ok(())
+}
+
+/// File and MySQL targets publish without a prepare step. When a later one
+/// fails, the overwrites already published are swapped back, and the
+/// prepared MySQL and Postgres transactions roll back.
+fn a_failing_publish_swaps_back_earlier_targets() -> Result<(), Failed> {
+    let pg = Pg::new()?;
+    let s = pg.schema.clone();
+    pg.exec(&format!(
+        "CREATE TABLE {s}.p (id bigint, v text); INSERT INTO {s}.p VALUES (-1, 'old');"
+    ))?;
+    let my = My::new()?;
+    my.exec("CREATE TABLE m1 (id BIGINT NOT NULL, v VARCHAR(20))")?;
+    my.exec("INSERT INTO m1 VALUES (-1, 'old'), (-2, 'old')")?;
+    my.exec(
+        "CREATE TABLE m2 (id BIGINT NOT NULL, v VARCHAR(20), CONSTRAINT m2_small CHECK (id < 4000))",
+    )?;
+    my.exec("INSERT INTO m2 VALUES (-1, 'old')")?;
+    my.exec("CREATE TABLE ma (id BIGINT NOT NULL, v VARCHAR(20))")?;
+    my.exec("INSERT INTO ma VALUES (-1, 'old')")?;
+    let sc = Scratch::new();
+    source_csv(&sc, 5000);
+    let files = "CREATE TABLE files (id BIGINT, v VARCHAR) WITH ('connector' = 'filesystem', \
+                 'path' = 'out/files/', 'format' = 'parquet')";
+    let o = sc.run(
+        &[
+            "-e",
+            &format!("{files};\nINSERT INTO files VALUES (-1, 'old'), (-2, 'old');\n"),
+        ],
+        None,
+    );
+    check(o.status.code() == Some(0), "the file table has rows", &o)?;
+    let decls = format!(
+        "{SOURCE};\n{files};\n{};\n{};\n{};\n{};\n",
+        my.declare("m1", "m1", ""),
+        my.declare("m2", "m2", ""),
+        my.declare("ma", "ma", ""),
+        pg.declare("p", "p", "")
+    );
+    let file_rows = || {
+        let read = sc.run(
+            &[
+                "--format",
+                "csv",
+                "-e",
+                &format!("{files};\nSELECT count(*) AS n, min(v) AS v FROM files;\n"),
+            ],
+            None,
+        );
+        stdout(&read)
+    };
+    let contents = |t: &str| -> Result<String, Failed> {
+        my.one(&format!(
+            "SELECT CONCAT(COUNT(*), ':', COALESCE(MIN(v), '')) FROM {t}"
+        ))
+    };
+
+    // INSERT 3 violates m2's CHECK while it publishes, after the file
+    // table and m1 published: both are swapped back; ma and p had only
+    // prepared and roll back.
+    let failing = format!(
+        "{decls}EXECUTE STATEMENT SET BEGIN\n\
+         \x20 INSERT OVERWRITE files SELECT id, v FROM src;\n\
+         \x20 INSERT OVERWRITE m1 SELECT id, v FROM src;\n\
+         \x20 INSERT OVERWRITE m2 SELECT id, v FROM src;\n\
+         \x20 INSERT INTO ma SELECT id, v FROM src;\n\
+         \x20 INSERT OVERWRITE p SELECT id, v FROM src;\n\
+         END;\n"
+    );
+    let o = sc.run(&["-e", &failing], None);
+    let err = stderr(&o);
+    check(
+        o.status.code() == Some(1),
+        "the set fails with exit code 1",
+        &o,
+    )?;
+    check(
+        err.contains("INSERT 3 of the statement set") && err.contains("m2_small"),
+        "the error names the third INSERT and the constraint",
+        &o,
+    )?;
+    let note = err
+        .split("swapped back to their previous contents: ")
+        .nth(1)
+        .unwrap_or_default();
+    check(
+        note.contains("files (") && note.contains("table m1 ") && !note.contains("table m2 "),
+        "the error lists the targets swapped back",
+        &o,
+    )?;
+    check(
+        err.contains("no other target of the set was changed") && !err.contains("ALREADY"),
+        "nothing stays published",
+        &o,
+    )?;
+    check(
+        file_rows().contains("n,v\n2,old\n"),
+        "the file table has its previous rows",
+        &o,
+    )?;
+    check(
+        contents("m1")? == "2:old" && contents("m2")? == "1:old" && contents("ma")? == "1:old",
+        "the MySQL tables have their previous rows",
+        &o,
+    )?;
+    check(
+        one(&pg, &format!("SELECT count(*) || ':' || min(v) FROM {s}.p"))? == "1:old",
+        "the Postgres table has its previous rows",
+        &o,
+    )?;
+    check(
+        my.side_tables()? == 0
+            && my.one("SELECT COUNT(*) FROM _sluice_commits")? == "0"
+            && one(&pg, &format!("SELECT count(*) FROM {s}._sluice_commits"))? == "0",
+        "no side table or commit record is left",
+        &o,
+    )?;
+
+    // Without the failing rows every target publishes, and the previous
+    // contents kept for a swap back are gone.
+    let before = parquet_files(&sc);
+    check(!before.is_empty(), "the file table has files", &o)?;
+    let ok = failing.replace(
+        "INSERT OVERWRITE m2 SELECT id, v FROM src;",
+        "INSERT OVERWRITE m2 SELECT id, v FROM src WHERE id < 4000;",
+    );
+    let o = sc.run(&["-e", &ok], None);
+    check(o.status.code() == Some(0), "the set runs", &o)?;
+    check(
+        file_rows().contains("n,v\n5000,row1\n")
+            && contents("m1")? == "5000:row1"
+            && contents("m2")? == "3999:row1"
+            && contents("ma")? == "5001:old"
+            && one(&pg, &format!("SELECT count(*) FROM {s}.p"))? == "5000",
+        "every target is published",
+        &o,
+    )?;
+    check(
+        my.side_tables()? == 0,
+        "no old or staging table is left",
+        &o,
+    )?;
+    let now = parquet_files(&sc);
+    check(
+        !now.is_empty() && before.iter().all(|f| !now.contains(f)),
+        "the replaced files are deleted once the set is done",
         &o,
     )?;
     Ok(())
