@@ -862,11 +862,7 @@ impl Sink for ClickHouseSink {
     }
 
     async fn commit(&self, commit: JobCommit) -> Result<CommitOutcome> {
-        let (outcome, undo) = self.commit_revocable(commit).await?;
-        if let Some(undo) = undo {
-            undo.finish().await?;
-        }
-        Ok(outcome)
+        crate::sink::finish_now(self.commit_revocable(commit).await?).await
     }
 
     async fn commit_revocable(

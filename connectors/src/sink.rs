@@ -243,6 +243,18 @@ pub trait Revocable: Send {
     async fn finish(self: Box<Self>) -> Result<()>;
 }
 
+/// Makes a revocable publish final at once: the [`Sink::commit`] of sinks
+/// that implement [`Sink::commit_revocable`].
+pub(crate) async fn finish_now(
+    published: (CommitOutcome, Option<Box<dyn Revocable>>),
+) -> Result<CommitOutcome> {
+    let (outcome, undo) = published;
+    if let Some(undo) = undo {
+        undo.finish().await?;
+    }
+    Ok(outcome)
+}
+
 /// [`Sink::prepare_commit`] of a sink that cannot prepare: commit later.
 pub(crate) struct DeferredCommit<'a, S: ?Sized> {
     pub(crate) sink: &'a S,
