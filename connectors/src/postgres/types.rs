@@ -253,11 +253,16 @@ impl ColumnBuilder {
             Self::Float4(b) => b.append_value(f32::from_be_bytes(fixed(v)?)),
             Self::Float8(b) => b.append_value(f64::from_be_bytes(fixed(v)?)),
             Self::Decimal128(b, p, s) => {
-                let n = decode_numeric(v, *s)?;
-                let value = n
-                    .to_i128()
-                    .filter(|x| fits_precision(i256::from_i128(*x), *p))
-                    .ok_or_else(|| format!("numeric value does not fit decimal({p}, {s})"))?;
+                let value = match decode_numeric_i128(v, *s) {
+                    Some(n) => n,
+                    None => decode_numeric(v, *s)?
+                        .to_i128()
+                        .ok_or_else(|| format!("numeric value does not fit decimal({p}, {s})"))?,
+                };
+                // `p` is at most 38, so `10^p` fits an i128.
+                if value.unsigned_abs() >= 10_u128.pow(u32::from(*p)) {
+                    return Err(format!("numeric value does not fit decimal({p}, {s})"));
+                }
                 b.append_value(value)
             }
             Self::Decimal256(b, p, s) => {
@@ -403,6 +408,38 @@ fn fixed<const N: usize>(v: &[u8]) -> DecodeResult<[u8; N]> {
 fn fits_precision(v: i256, precision: u8) -> bool {
     let limit = i256::from_i128(10).wrapping_pow(u32::from(precision));
     v < limit && v > limit.wrapping_neg()
+}
+
+/// [`decode_numeric`] in `i128` arithmetic, for the values that fit it:
+/// `None` sends everything else (overflow, NaN, digits beyond the scale)
+/// to the general path, which also words the errors.
+fn decode_numeric_i128(v: &[u8], scale: i8) -> Option<i128> {
+    let header = v.get(..8)?;
+    let ndigits = usize::try_from(i16::from_be_bytes([header[0], header[1]])).ok()?;
+    let weight = i32::from(i16::from_be_bytes([header[2], header[3]]));
+    let negative = match u16::from_be_bytes([header[4], header[5]]) {
+        0x0000 => false,
+        0x4000 => true,
+        _ => return None,
+    };
+    // The base-10000 digits as one integer: the value times 10000^(ndigits - 1 - weight).
+    let mut acc: i128 = 0;
+    for d in v.get(8..8 + 2 * ndigits)?.chunks_exact(2) {
+        acc = acc
+            .checked_mul(10_000)?
+            .checked_add(i128::from(i16::from_be_bytes([d[0], d[1]])))?;
+    }
+    let exp = 4 * (weight + 1 - ndigits as i32) + i32::from(scale);
+    let acc = if exp >= 0 {
+        acc.checked_mul(10_i128.checked_pow(exp.unsigned_abs())?)?
+    } else {
+        let div = 10_i128.checked_pow(exp.unsigned_abs())?;
+        if acc % div != 0 {
+            return None;
+        }
+        acc / div
+    };
+    Some(if negative { -acc } else { acc })
 }
 
 /// Decodes a binary `numeric` into an integer scaled by `10^scale`.
@@ -573,7 +610,9 @@ fn encode_value(
                     .expect("type checked")
                     .value(i)
             };
-            encode_numeric(v, *s, buf);
+            if !v.to_i128().is_some_and(|v| encode_numeric_i128(v, *s, buf)) {
+                encode_numeric(v, *s, buf);
+            }
         }
         PgKind::Text | PgKind::Jsonb | PgKind::Uuid => {
             let s = string_value(array, i);
@@ -670,7 +709,75 @@ fn string_value(array: &dyn Array, i: usize) -> &str {
     }
 }
 
-/// Encodes `v / 10^scale` as a binary `numeric`.
+/// [`encode_numeric`] in integer arithmetic, without allocating: the path
+/// of every value whose digits, aligned to base-10000 groups, fit a `u128`.
+/// Returns false, having written nothing, for the others.
+fn encode_numeric_i128(v: i128, scale: i8, buf: &mut BytesMut) -> bool {
+    // A negative scale means trailing zeros: shift them into the digits.
+    let (magnitude, scale) = match u32::try_from(scale) {
+        Ok(scale) => (v.unsigned_abs(), scale),
+        Err(_) => {
+            let shifted = 10_u128
+                .checked_pow(u32::from(scale.unsigned_abs()))
+                .and_then(|p| v.unsigned_abs().checked_mul(p));
+            match shifted {
+                Some(m) => (m, 0),
+                None => return false,
+            }
+        }
+    };
+    // Pad the fraction to whole groups, so the point falls between two.
+    let pad = (4 - scale % 4) % 4;
+    let Some(mut rest) = magnitude.checked_mul(10_u128.pow(pad)) else {
+        return false;
+    };
+    let frac_groups = ((scale + pad) / 4) as i32;
+    // Base-10000 groups, least significant first; u128::MAX has 39 digits.
+    let mut groups = [0_i16; 10];
+    let mut n = 0;
+    while rest > u128::from(u64::MAX) {
+        groups[n] = (rest % 10_000) as i16;
+        rest /= 10_000;
+        n += 1;
+    }
+    let mut rest = rest as u64;
+    while rest != 0 {
+        groups[n] = (rest % 10_000) as i16;
+        rest /= 10_000;
+        n += 1;
+    }
+    // Trailing zero groups are not sent; leading ones never arise.
+    let low = groups[..n].iter().take_while(|g| **g == 0).count();
+    let digits = &groups[low..n];
+    let (weight, sign, dscale) = match digits.first() {
+        None => (0, 0, 0),
+        Some(&lowest) => {
+            // Display scale: the fraction digits the value needs, as in `encode_numeric`.
+            let mut dscale = (4 * (frac_groups - low as i32)).max(0);
+            if dscale > 0 {
+                let mut g = lowest;
+                while g % 10 == 0 {
+                    g /= 10;
+                    dscale -= 1;
+                }
+            }
+            let sign = if v < 0 { 0x4000 } else { 0 };
+            (n as i32 - 1 - frac_groups, sign, dscale)
+        }
+    };
+    buf.put_i32(8 + 2 * digits.len() as i32);
+    buf.put_i16(digits.len() as i16);
+    buf.put_i16(weight as i16);
+    buf.put_u16(sign);
+    buf.put_i16(dscale as i16);
+    for g in digits.iter().rev() {
+        buf.put_i16(*g);
+    }
+    true
+}
+
+/// Encodes `v / 10^scale` as a binary `numeric`: the general path, for
+/// values beyond [`encode_numeric_i128`].
 fn encode_numeric(v: i256, scale: i8, buf: &mut BytesMut) {
     let negative = v < i256::ZERO;
     // A negative scale means trailing zeros: shift them into the digits.
@@ -762,6 +869,59 @@ mod tests {
         ] {
             assert_eq!(roundtrip_numeric(v, p, s), v, "value {v} scale {s}");
         }
+    }
+
+    /// Values of every size, sign and trailing-zero count (xorshift, fixed seed).
+    fn sample_numerics() -> impl Iterator<Item = (i128, i8)> {
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        (0..200_000).map(move |i| {
+            let bits = (next() % 128) as u32;
+            let wide = (u128::from(next()) << 64 | u128::from(next())) as i128;
+            let mut v = if bits == 0 { 0 } else { wide >> (128 - bits) };
+            if i % 5 == 0 {
+                v = v / 10_000 * 10_000;
+            }
+            if next() % 2 == 0 {
+                v = v.wrapping_neg();
+            }
+            (v, (next() % 46) as i8 - 6)
+        })
+    }
+
+    #[test]
+    fn numeric_fast_paths_agree_with_the_general_ones() {
+        let (mut encoded, mut decoded) = (0, 0);
+        for (v, scale) in sample_numerics() {
+            let mut fast = BytesMut::new();
+            if !encode_numeric_i128(v, scale, &mut fast) {
+                assert!(fast.is_empty());
+                continue;
+            }
+            let mut general = BytesMut::new();
+            encode_numeric(i256::from_i128(v), scale, &mut general);
+            assert_eq!(fast, general, "encoding {v} at scale {scale}");
+            encoded += 1;
+            for read_scale in [scale, scale.saturating_add(3), scale.saturating_sub(2)] {
+                let general = decode_numeric(&fast[4..], read_scale)
+                    .ok()
+                    .and_then(|n| n.to_i128());
+                if let Some(n) = decode_numeric_i128(&fast[4..], read_scale) {
+                    assert_eq!(Some(n), general, "decoding {v} at scale {read_scale}");
+                    decoded += 1;
+                }
+            }
+        }
+        // Most samples fit the fast paths; the rest took the general ones.
+        assert!(
+            encoded > 150_000 && decoded > 300_000,
+            "{encoded} {decoded}"
+        );
     }
 
     #[test]
