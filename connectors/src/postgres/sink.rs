@@ -8,10 +8,12 @@
 //!   `max_prepared_transactions` above 0): the attempt copies straight into the target inside its own
 //!   transaction and ends with `PREPARE TRANSACTION 'sluice_<hash>'`. The
 //!   rows are written once, by every task in parallel, and stay invisible.
-//!   For an overwrite, the job's `begin` deletes the old rows in one more
-//!   prepared transaction (task -1), before any task reads (`DELETE`: a
-//!   `TRUNCATE` would wait for the tasks' transactions). Each transaction
-//!   is registered in `_sluice_prepared` with a lease before it begins.
+//!   For an overwrite, the job's `begin` starts deleting the old rows in
+//!   one more prepared transaction (task -1), which runs while the tasks
+//!   write: they only add rows, which its snapshot does not see, and the
+//!   commit waits for it (`DELETE`: a `TRUNCATE` would wait for the tasks'
+//!   transactions, and they for it). Each transaction is registered in
+//!   `_sluice_prepared` with a lease before it begins.
 //! - **staged**: the attempt fills an unlogged staging table shaped like the
 //!   target (`_sluice_stage_<hash>`, registered in `_sluice_staging` with a
 //!   lease), which the commit copies into the target. Upserts always stage.
@@ -47,8 +49,9 @@
 //! (deferred constraints checked too) and keeps it open, with its
 //! connection, until the set says `COMMIT` or `ROLLBACK`.
 
+use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::database::hash_hex;
 use arrow::array::{Array, ArrayRef, RecordBatch};
@@ -56,6 +59,7 @@ use arrow::compute::cast;
 use arrow::datatypes::{DataType, SchemaRef};
 use async_trait::async_trait;
 use bytes::{BufMut, Bytes, BytesMut};
+use datafusion::common::runtime::SpawnedTask;
 use futures::SinkExt;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, CopyInSink};
@@ -152,6 +156,10 @@ pub struct PostgresSink {
     duplicates: Duplicates,
     transaction: Transaction,
     mode: WriteMode,
+    /// Overwrites' clearing transactions still running, by job id: `begin`
+    /// starts them, the publish and `abort` wait for them. Both run where
+    /// `begin` did, in the process that coordinates the job.
+    clearing: Arc<Mutex<HashMap<String, SpawnedTask<Result<()>>>>>,
 }
 
 impl PostgresSink {
@@ -210,7 +218,27 @@ impl PostgresSink {
             duplicates,
             transaction,
             mode,
+            clearing: Arc::default(),
         })
+    }
+
+    /// Waits for the clearing transaction that `begin` started for
+    /// `job_id`, if any, and returns its outcome.
+    async fn cleared(&self, job_id: &str) -> Result<()> {
+        let task = self
+            .clearing
+            .lock()
+            .expect("clearing registry poisoned")
+            .remove(job_id);
+        match task {
+            None => Ok(()),
+            Some(task) => task.join().await.map_err(|e| {
+                ConnectorError::Internal(format!(
+                    "clearing {} for job {job_id} stopped: {e}",
+                    self.table
+                ))
+            })?,
+        }
     }
 
     /// The rows an overwrite deletes, as a `WHERE` clause (empty: all).
@@ -347,9 +375,10 @@ impl PostgresSink {
         Ok(())
     }
 
-    /// An overwrite's removal of the old rows, done by the job's `begin`
-    /// before any task reads: `DELETE` in a prepared transaction registered
-    /// as task [`CLEAR_TASK`], committed with the tasks' transactions.
+    /// An overwrite's removal of the old rows, started by the job's `begin`
+    /// and run while the tasks write: `DELETE` in a prepared transaction
+    /// registered as task [`CLEAR_TASK`], committed with the tasks'
+    /// transactions.
     async fn prepare_clear(&self, client: &Client, job_id: &str) -> Result<()> {
         self.resolve_prepared(
             client,
@@ -619,6 +648,7 @@ impl PostgresSink {
     /// Runs the publish transaction up to, not including, `COMMIT`. On
     /// [`Publish::Done`] and on errors the transaction is rolled back.
     async fn publish(&self, client: &Client, commit: &JobCommit) -> Result<Publish> {
+        self.cleared(&commit.job_id).await?;
         client
             .batch_execute("BEGIN")
             .await
@@ -991,7 +1021,14 @@ impl Sink for PostgresSink {
             );
         }
         if self.clear_filter().is_some() && self.use_prepared(&client).await? {
-            self.prepare_clear(&client, job_id).await?;
+            // The DELETE overlaps the tasks' COPYs instead of delaying them.
+            let sink = self.clone();
+            let job = job_id.to_string();
+            let task = SpawnedTask::spawn(async move { sink.prepare_clear(&client, &job).await });
+            self.clearing
+                .lock()
+                .expect("clearing registry poisoned")
+                .insert(job_id.to_string(), task);
         }
         Ok(())
     }
@@ -1081,6 +1118,10 @@ impl Sink for PostgresSink {
     }
 
     async fn abort(&self, job_id: &str) -> Result<()> {
+        // A clearing DELETE still running ends first, so it is rolled back below.
+        if let Err(e) = self.cleared(job_id).await {
+            tracing::debug!(target = %self.table, "clearing of an aborted job failed: {e}");
+        }
         let client = self.conn.connect().await?;
         let job = format!("job_id = {}", quote_literal(job_id));
         let undone = match self.resolve_prepared(&client, &job, true).await {

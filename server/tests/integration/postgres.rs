@@ -391,6 +391,34 @@ fn append_and_overwrite_are_atomic(transaction: &str) -> Result<(), Failed> {
         "failed load left no staging table",
         &o,
     )?;
+    // Removing the old rows fails (a row trigger refuses): with prepared
+    // writers that DELETE runs while they write, and the job still fails
+    // whole at its commit. (A staged overwrite truncates: no row trigger.)
+    if transaction == "prepared" {
+        pg.exec(&format!(
+            "CREATE FUNCTION {s}.keep_rows() RETURNS trigger LANGUAGE plpgsql AS
+               $$ BEGIN RAISE EXCEPTION 'rows of a are kept'; END $$;
+             CREATE TRIGGER a_keep BEFORE DELETE ON {s}.a
+               FOR EACH ROW EXECUTE FUNCTION {s}.keep_rows();"
+        ))?;
+        let refused = format!(
+            "{};\nINSERT OVERWRITE a SELECT value, 'refused' FROM generate_series(1, 5000);\n",
+            pg.declare("a", "a", opt)
+        );
+        let o = sc.run(&["-e", &refused], None);
+        check(
+            o.status.code() != Some(0) && stderr(&o).contains("rows of a are kept"),
+            "an overwrite whose DELETE fails fails, with the database's message",
+            &o,
+        )?;
+        check(
+            count()? == "10"
+                && pg.one(&format!("SELECT count(*) FROM {s}.a WHERE v = 'refused'"))? == "0",
+            "target unchanged after a failed clear",
+            &o,
+        )?;
+        pg.exec(&format!("DROP TRIGGER a_keep ON {s}.a"))?;
+    }
     let ledger = pg.one(&format!("SELECT count(*) FROM {s}._sluice_commits"))?;
     check(ledger == "3", "three commits recorded in the ledger", &o)?;
     check(
