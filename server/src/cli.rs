@@ -52,6 +52,9 @@ pub enum Command {
     /// Serve the Flight shuffle service: persist staged tasks' output to a
     /// shuffle store with a fixed buffer budget.
     ShuffleWorker(crate::worker::ShuffleWorkerArgs),
+    /// Run a cluster's tasks: register with a coordinator (`sluice server
+    /// --role coordinator`) and run the task attempts it hands out.
+    Executor(crate::cluster::executor::ExecutorArgs),
 }
 
 impl Command {
@@ -59,7 +62,10 @@ impl Command {
     pub fn quiet(&self) -> bool {
         match self {
             Command::Run(a) => a.quiet,
-            Command::Gc(_) | Command::Server(_) | Command::ShuffleWorker(_) => false,
+            Command::Gc(_)
+            | Command::Server(_)
+            | Command::ShuffleWorker(_)
+            | Command::Executor(_) => false,
         }
     }
 }
@@ -143,5 +149,6 @@ pub async fn dispatch(command: Command) -> ExitCode {
         Command::Gc(args) => crate::gc::run(args).await,
         Command::Server(args) => crate::flight::serve(args).await,
         Command::ShuffleWorker(args) => crate::worker::run(args).await,
+        Command::Executor(args) => crate::cluster::executor::run(args).await,
     }
 }

@@ -9,6 +9,7 @@ use sluice_connectors::CommitOutcome;
 use sluice_planner::error::PlannerError;
 use sluice_planner::{Planned, RunContext, SluiceSession, SluiceStatement, StatementKind};
 
+use crate::cluster::ClusterScheduler;
 use crate::coordinator;
 use crate::staged::StagedRuntime;
 
@@ -75,6 +76,8 @@ pub struct SetWrite {
 pub struct EmbeddedSession {
     session: SluiceSession,
     dry_run: bool,
+    /// A coordinator's scheduler: batch jobs run on its executors.
+    cluster: Option<Arc<ClusterScheduler>>,
 }
 
 impl EmbeddedSession {
@@ -83,12 +86,24 @@ impl EmbeddedSession {
         Self {
             session: SluiceSession::new(config, run),
             dry_run,
+            cluster: None,
         }
     }
 
     /// Wraps an existing planner session (a server's client session).
     pub fn from_session(session: SluiceSession, dry_run: bool) -> Self {
-        Self { session, dry_run }
+        Self {
+            session,
+            dry_run,
+            cluster: None,
+        }
+    }
+
+    /// Runs batch jobs on the executors of `cluster` (a coordinator's
+    /// session) instead of in this process.
+    pub fn with_cluster(mut self, cluster: Option<Arc<ClusterScheduler>>) -> Self {
+        self.cluster = cluster;
+        self
     }
 
     /// The planner session.
@@ -113,6 +128,12 @@ impl EmbeddedSession {
         let options = self.session.options();
         if options.runtime_mode != "batch" {
             return Ok(None);
+        }
+        if let Some(cluster) = &self.cluster {
+            return Ok(Some(
+                StagedRuntime::for_cluster(&options, Arc::clone(cluster))
+                    .map_err(PlannerError::from)?,
+            ));
         }
         let runtime = StagedRuntime::from_options(&options)
             .await

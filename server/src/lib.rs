@@ -1,11 +1,13 @@
 //! The `sluice` binary's library: CLI, embedded coordinator and executor.
 
 pub mod cli;
+pub mod cluster;
 pub mod coordinator;
 pub mod embedded;
 pub mod engine;
 pub mod flight;
 mod gc;
+mod http;
 pub mod logging;
 mod output;
 mod progress;

@@ -53,10 +53,12 @@ use sluice_shuffle::{
 };
 use tokio::sync::Semaphore;
 
-/// How long a job's lease lasts without renewal.
+use crate::cluster::ClusterScheduler;
+use crate::cluster::protocol::{Outcome, OutputKind, TaskAssignment, b64, unb64};
+
+/// How long a job's lease lasts without renewal, unless configured; a
+/// running job renews it every fifth of that.
 const LEASE: Duration = Duration::from_secs(300);
-/// How often a running job renews its lease.
-const LEASE_RENEWAL: Duration = Duration::from_secs(60);
 
 /// Environment variable of the test-only fault hook:
 /// `stage=S,task=T,attempt=A,after=N,action=fail|pause` makes that task
@@ -74,6 +76,10 @@ pub struct StagedRuntime {
     /// When set, every task's plan is encoded and decoded in a fresh
     /// executor context against these registries before it runs.
     wire: Option<Arc<ExecutorRegistries>>,
+    /// When set, tasks run on the cluster's executors.
+    cluster: Option<Arc<ClusterScheduler>>,
+    /// How long a job's shuffle lease lasts unrenewed.
+    lease: Duration,
 }
 
 /// Counters of staged execution in this process, for `/metrics`.
@@ -191,7 +197,35 @@ impl StagedRuntime {
             },
             counters: StagedCounters::global(),
             wire: None,
+            cluster: None,
+            lease: LEASE,
         })
+    }
+
+    /// The runtime of a coordinator: tasks run on `cluster`'s executors,
+    /// through its shuffle store; stages are cut for the slots the live
+    /// executors offer now.
+    pub fn for_cluster(options: &SluiceOptions, cluster: Arc<ClusterScheduler>) -> Result<Self> {
+        let compression: ShuffleCompression = options.shuffle_compression.parse()?;
+        Ok(Self {
+            store: cluster.store().clone(),
+            slots: cluster.total_slots().max(1),
+            max_attempts: options.task_max_attempts.max(1),
+            writer: WriterOptions {
+                compression,
+                ..WriterOptions::default()
+            },
+            counters: StagedCounters::global(),
+            wire: None,
+            lease: cluster.job_lease(),
+            cluster: Some(cluster),
+        })
+    }
+
+    /// Whether task results carry their own scan metrics (decoded plan
+    /// instances), rather than sharing the template's file sources.
+    fn tasks_report_rows(&self) -> bool {
+        self.wire.is_some() || self.cluster.is_some()
     }
 
     /// Sends every task's plan through the executor wire format (see
@@ -386,14 +420,15 @@ impl Job {
         let id = uuid::Uuid::now_v7().to_string();
         let owner = format!("pid {}", std::process::id());
         let store = runtime.store.clone();
+        let lease = runtime.lease;
         let expires =
-            || chrono::Utc::now() + chrono::Duration::from_std(LEASE).expect("lease fits");
+            move || chrono::Utc::now() + chrono::Duration::from_std(lease).expect("lease fits");
         store.write_lease(&id, &owner, expires()).await?;
         let lease = {
             let id = id.clone();
             SpawnedTask::spawn(async move {
                 loop {
-                    tokio::time::sleep(LEASE_RENEWAL).await;
+                    tokio::time::sleep(lease / 5).await;
                     if let Err(e) = store.write_lease(&id, &owner, expires()).await {
                         tracing::warn!(job = %id, error = %e, "could not renew the shuffle lease");
                     }
@@ -477,10 +512,14 @@ impl Job {
             // In memory, file scans keep their metrics in the file source,
             // which every task instance shares with the template: read
             // once. Decoded instances report their own.
-            outcome.rows_read += match self.runtime.wire {
-                None => rows_read(&stage.plan),
-                Some(_) => result.rows_read,
-            };
+            outcome.rows_read =
+                outcome
+                    .rows_read
+                    .saturating_add(if self.runtime.tasks_report_rows() {
+                        result.rows_read
+                    } else {
+                        rows_read(&stage.plan)
+                    });
             match stage.output {
                 StageOutput::Shuffle(_) => {
                     outcome.outputs.insert(stage.id, Arc::new(result.indexes));
@@ -536,15 +575,19 @@ struct StageResult {
     rows_read: u64,
 }
 
-enum TaskOutput {
+/// What a task attempt produced.
+pub(crate) enum TaskOutput {
+    /// The committed shuffle output (the winner's index).
     Shuffle(Arc<AttemptIndex>),
+    /// A sink task's commit messages.
     Messages(Vec<CommitMessage>),
 }
 
-struct TaskResult {
-    output: TaskOutput,
+/// A finished task attempt.
+pub(crate) struct TaskResult {
+    pub(crate) output: TaskOutput,
     /// Rows the winning attempt's sources read.
-    rows_read: u64,
+    pub(crate) rows_read: u64,
 }
 
 struct TaskRunner {
@@ -603,45 +646,108 @@ impl TaskRunner {
             attempt: id.clone(),
             inputs: self.inputs.clone(),
         };
-        let (instance, ctx) = self
-            .runtime
-            .ship(task_instance(&self.stage.plan, &spec)?, &self.ctx)?;
-        let run = match Fault::from_env() {
-            Some(fault) if fault.matches(id) => fault.inject(Arc::clone(&instance))?,
-            _ => Arc::clone(&instance),
+        let instance = task_instance(&self.stage.plan, &spec)?;
+        let output = match self.stage.output {
+            StageOutput::Shuffle(_) => OutputKind::Shuffle,
+            StageOutput::Result => OutputKind::Sink,
         };
-        let partitions = collect_partitioned(run, ctx).await?;
-        let rows_read = rows_read(&instance);
-        match &self.stage.output {
-            StageOutput::Shuffle(_) => {
-                let store = &self.runtime.store;
-                let index = match store.commit_winner(id).await? {
-                    Commit::Won => store.read_index(id).await?,
-                    Commit::Lost(winner) => {
-                        // A late attempt: its output is never read.
-                        store.delete_attempt(id).await?;
-                        store.read_index(&winner.attempt).await?
-                    }
-                };
+        if let Some(cluster) = &self.runtime.cluster {
+            return self.attempt_remote(cluster, &instance, id, output).await;
+        }
+        let (instance, ctx) = self.runtime.ship(instance, &self.ctx)?;
+        execute_attempt(instance, ctx, id, output, &self.runtime.store).await
+    }
+
+    /// Runs the attempt on an executor of the cluster.
+    async fn attempt_remote(
+        &self,
+        cluster: &ClusterScheduler,
+        instance: &Arc<dyn ExecutionPlan>,
+        id: &AttemptId,
+        output: OutputKind,
+    ) -> Result<TaskResult> {
+        let task = TaskAssignment {
+            attempt: id.clone(),
+            output,
+            plan: b64(&encode_stage_plan(instance)?),
+            config: datafusion_settings(&self.ctx),
+        };
+        let (outcome, rows_read) = cluster
+            .run(task)
+            .await
+            .map_err(DataFusionError::Execution)?;
+        let output = match outcome {
+            Outcome::Shuffle { index } => {
+                let bytes = unb64("a reported shuffle index", &index)
+                    .map_err(DataFusionError::Execution)?;
+                let index = AttemptIndex::decode(&bytes)?;
                 self.runtime
                     .counters
                     .shuffle_bytes
                     .fetch_add(index.bytes, Ordering::Relaxed);
-                Ok(TaskResult {
-                    output: TaskOutput::Shuffle(Arc::new(index)),
-                    rows_read,
-                })
+                TaskOutput::Shuffle(Arc::new(index))
             }
-            StageOutput::Result => {
-                let mut messages = Vec::new();
-                for batch in partitions.iter().flatten() {
-                    messages.extend(decode_commit_messages(batch)?);
+            Outcome::Sink { messages } => TaskOutput::Messages(messages),
+            Outcome::Failed { message } => return Err(DataFusionError::Execution(message)),
+        };
+        Ok(TaskResult { output, rows_read })
+    }
+}
+
+/// The session's DataFusion settings, as an executor rebuilds them.
+pub(crate) fn datafusion_settings(ctx: &TaskContext) -> std::collections::BTreeMap<String, String> {
+    ctx.session_config()
+        .options()
+        .entries()
+        .into_iter()
+        .filter(|e| e.key.starts_with("datafusion."))
+        .filter_map(|e| e.value.map(|v| (e.key, v)))
+        .collect()
+}
+
+/// Runs one task attempt's plan instance to its end: with the test fault
+/// hook when it matches, then, for shuffle output, the race for the task's
+/// winner record. Executors run exactly this.
+pub(crate) async fn execute_attempt(
+    instance: Arc<dyn ExecutionPlan>,
+    ctx: Arc<TaskContext>,
+    id: &AttemptId,
+    output: OutputKind,
+    store: &ShuffleStore,
+) -> Result<TaskResult> {
+    let run = match Fault::from_env() {
+        Some(fault) if fault.matches(id) => fault.inject(Arc::clone(&instance))?,
+        _ => Arc::clone(&instance),
+    };
+    let partitions = collect_partitioned(run, ctx).await?;
+    let rows_read = rows_read(&instance);
+    match output {
+        OutputKind::Shuffle => {
+            let index = match store.commit_winner(id).await? {
+                Commit::Won => store.read_index(id).await?,
+                Commit::Lost(winner) => {
+                    // A late attempt: its output is never read.
+                    store.delete_attempt(id).await?;
+                    store.read_index(&winner.attempt).await?
                 }
-                Ok(TaskResult {
-                    output: TaskOutput::Messages(messages),
-                    rows_read,
-                })
+            };
+            StagedCounters::global()
+                .shuffle_bytes
+                .fetch_add(index.bytes, Ordering::Relaxed);
+            Ok(TaskResult {
+                output: TaskOutput::Shuffle(Arc::new(index)),
+                rows_read,
+            })
+        }
+        OutputKind::Sink => {
+            let mut messages = Vec::new();
+            for batch in partitions.iter().flatten() {
+                messages.extend(decode_commit_messages(batch)?);
             }
+            Ok(TaskResult {
+                output: TaskOutput::Messages(messages),
+                rows_read,
+            })
         }
     }
 }

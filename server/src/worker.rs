@@ -24,7 +24,12 @@ pub struct ShuffleWorkerArgs {
     #[arg(long, default_value = "127.0.0.1:50061", env = "SLUICE_BIND")]
     pub bind: String,
 
-    /// Write the bound address to this file once listening.
+    /// Address of the HTTP endpoint serving /healthz and /metrics.
+    #[arg(long, env = "SLUICE_HTTP_BIND")]
+    pub http_bind: Option<String>,
+
+    /// Write the bound address (and `http=ADDRESS` on a second line when
+    /// --http-bind is set) to this file once listening.
     #[arg(long, value_name = "PATH", env = "SLUICE_LISTEN_FILE")]
     pub listen_file: Option<PathBuf>,
 
@@ -38,7 +43,7 @@ pub struct ShuffleWorkerArgs {
     pub sweep_interval_secs: u64,
 }
 
-fn parse_bytes(s: &str) -> Result<u64, String> {
+pub(crate) fn parse_bytes(s: &str) -> Result<u64, String> {
     s.parse::<bytesize::ByteSize>()
         .map(|b| b.as_u64())
         .map_err(|e| format!("'{s}' is not a size such as 256MB or 1GiB: {e}"))
@@ -55,7 +60,9 @@ pub async fn run(args: ShuffleWorkerArgs) -> ExitCode {
     }
 }
 
-async fn open_store(location: &str) -> Result<ShuffleStore, String> {
+/// Opens a shuffle store: a local directory or an object store URL, checked
+/// to honour put-if-absent.
+pub(crate) async fn open_store(location: &str) -> Result<ShuffleStore, String> {
     let store = if location.contains("://") && !location.starts_with("file://") {
         let registry =
             StoreRegistry::new(Arc::new(RuntimeEnv::default()), SecretResolver::from_env());
@@ -91,11 +98,22 @@ async fn run_inner(args: ShuffleWorkerArgs) -> Result<(), String> {
         .await
         .map_err(|e| format!("--bind {addr}: {e}"))?;
     let bound = listener.local_addr().map_err(|e| e.to_string())?;
+    let mut listening = format!("{bound}\n");
+    if let Some(h) = &args.http_bind {
+        let (http, addr) = crate::http::bind("--http-bind", h).await?;
+        listening.push_str(&format!("http={addr}\n"));
+        tokio::spawn(crate::http::serve(
+            http,
+            Arc::new(|| Ok(())),
+            Arc::new(|| {
+                let mut out = String::new();
+                sluice_shuffle::shuffle_metrics().render(&mut out);
+                out
+            }),
+        ));
+    }
     if let Some(path) = &args.listen_file {
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, format!("{bound}\n"))
-            .and_then(|_| std::fs::rename(&tmp, path))
-            .map_err(|e| format!("--listen-file {}: {e}", path.display()))?;
+        crate::http::write_listen_file(path, &listening)?;
     }
 
     // Sweep what expired jobs left, now and periodically.

@@ -35,6 +35,9 @@ pub struct ShuffleMetrics {
     pub store_requests: AtomicU64,
     /// Their total latency, in microseconds.
     pub store_latency_micros: AtomicU64,
+    /// Attempts written to the store directly because their shuffle worker
+    /// could not be reached.
+    pub worker_fallbacks: AtomicU64,
 }
 
 static METRICS: ShuffleMetrics = ShuffleMetrics {
@@ -50,6 +53,7 @@ static METRICS: ShuffleMetrics = ShuffleMetrics {
     active_readers: AtomicU64::new(0),
     store_requests: AtomicU64::new(0),
     store_latency_micros: AtomicU64::new(0),
+    worker_fallbacks: AtomicU64::new(0),
 };
 
 /// The process's shuffle metrics.
@@ -83,7 +87,7 @@ impl ShuffleMetrics {
             let _ = writeln!(out, "# TYPE {name} {kind}");
             let _ = writeln!(out, "{name} {value}");
         };
-        let rows: [(&str, &str, &str, &AtomicU64); 11] = [
+        let rows: [(&str, &str, &str, &AtomicU64); 12] = [
             (
                 "sluice_shuffle_batches_in_total",
                 "Batches received by shuffle writers.",
@@ -149,6 +153,12 @@ impl ShuffleMetrics {
                 "Timed shuffle store requests.",
                 "counter",
                 &self.store_requests,
+            ),
+            (
+                "sluice_shuffle_worker_fallbacks_total",
+                "Attempts written to the store directly: their shuffle worker was unreachable.",
+                "counter",
+                &self.worker_fallbacks,
             ),
         ];
         for (name, help, kind, v) in rows {

@@ -89,6 +89,10 @@ pub struct ShuffleStore {
     /// removes directories outright, including multipart staging files that
     /// a listing does not show.
     local_root: Option<PathBuf>,
+    /// A shuffle worker (`http://host:port`) that writers send their blocks
+    /// to; it persists them into this store. Writers fall back to writing
+    /// the store themselves when it cannot be reached.
+    worker: Option<String>,
 }
 
 impl ShuffleStore {
@@ -98,7 +102,20 @@ impl ShuffleStore {
             store,
             url: url.into(),
             local_root: None,
+            worker: None,
         }
+    }
+
+    /// Writers of this store send their blocks through the shuffle worker
+    /// at `url`, which persists them here.
+    pub fn with_worker(mut self, url: Option<String>) -> Self {
+        self.worker = url;
+        self
+    }
+
+    /// The shuffle worker writers use, if any.
+    pub fn worker(&self) -> Option<&str> {
+        self.worker.as_deref()
     }
 
     /// A store in a local directory, created if missing.
@@ -118,6 +135,7 @@ impl ShuffleStore {
             store: Arc::new(store),
             url: format!("file://{}", dir.display()),
             local_root: Some(dir),
+            worker: None,
         })
     }
 

@@ -338,16 +338,30 @@ impl AttemptWriter {
         output: ShuffleOutput,
     ) -> Result<RecordBatch> {
         let _active = GaugeGuard::new(&shuffle_metrics().active_writers);
-        let mut upload = DataOut::open(&self.store, &self.attempt, self.options.part_size).await?;
+        let mut upload =
+            Out::open(&self.store, &self.attempt, self.partitions, &self.options).await?;
         let result = self.write_all(&mut input, &output, &mut upload).await;
         match result {
             Ok(index) => {
                 let start = std::time::Instant::now();
-                upload.finish().await?;
-                self.store.put_index(&index).await?;
-                let m = shuffle_metrics();
-                m.store_request(start);
-                ShuffleMetrics::add(&m.objects_written, 2);
+                match upload.finish().await? {
+                    // The worker wrote the data object and the index.
+                    Some(stored) => {
+                        if (stored.rows, stored.bytes) != (index.rows, index.bytes) {
+                            return Err(DataFusionError::Execution(format!(
+                                "the shuffle worker stored {} rows in {} bytes for {}, but \
+                                 {} rows in {} bytes were sent",
+                                stored.rows, stored.bytes, self.attempt, index.rows, index.bytes
+                            )));
+                        }
+                    }
+                    None => {
+                        self.store.put_index(&index).await?;
+                        let m = shuffle_metrics();
+                        m.store_request(start);
+                        ShuffleMetrics::add(&m.objects_written, 2);
+                    }
+                }
                 let columns: Vec<ArrayRef> = vec![
                     Arc::new(UInt64Array::from(vec![index.rows])),
                     Arc::new(UInt64Array::from(vec![index.bytes])),
@@ -368,7 +382,7 @@ impl AttemptWriter {
         &self,
         input: &mut futures::stream::BoxStream<'static, Result<RecordBatch>>,
         output: &ShuffleOutput,
-        upload: &mut DataOut,
+        upload: &mut Out,
     ) -> Result<AttemptIndex> {
         let n = self.partitions;
         let block_limit = (self.options.budget / n).max(64 * 1024);
@@ -440,7 +454,7 @@ impl AttemptWriter {
         partition: usize,
         buffer: &mut Buffer,
         index: &mut AttemptIndex,
-        upload: &mut DataOut,
+        upload: &mut Out,
     ) -> Result<()> {
         if buffer.rows == 0 {
             return Ok(());
@@ -467,7 +481,106 @@ impl AttemptWriter {
         let m = shuffle_metrics();
         ShuffleMetrics::add(&m.bytes_written, len);
         ShuffleMetrics::add(&m.blocks_written, 1);
-        upload.put(block).await
+        upload.put(partition, rows, block).await
+    }
+}
+
+/// Where a writer's blocks go: into the store, or through a shuffle worker.
+enum Out {
+    Store(DataOut),
+    Worker(WorkerPut),
+}
+
+/// A `do_put` to a shuffle worker, fed block by block.
+struct WorkerPut {
+    url: String,
+    blocks: Option<tokio::sync::mpsc::Sender<(usize, u64, bytes::Bytes)>>,
+    put: tokio::task::JoinHandle<crate::Result<AttemptIndex>>,
+}
+
+impl Out {
+    async fn open(
+        store: &ShuffleStore,
+        attempt: &AttemptId,
+        partitions: usize,
+        options: &WriterOptions,
+    ) -> Result<Self> {
+        if let Some(url) = store.worker() {
+            match crate::ShuffleClient::connect(url).await {
+                Ok(client) => {
+                    // Two blocks in flight: the worker's budget and HTTP/2
+                    // flow control hold the writer back beyond that.
+                    let (tx, mut rx) = tokio::sync::mpsc::channel(2);
+                    let blocks = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+                    let attempt = attempt.clone();
+                    let compression = options.compression;
+                    let put = tokio::spawn(async move {
+                        client
+                            .put_attempt(&attempt, partitions, compression, blocks)
+                            .await
+                    });
+                    return Ok(Out::Worker(WorkerPut {
+                        url: url.to_string(),
+                        blocks: Some(tx),
+                        put,
+                    }));
+                }
+                Err(e) => {
+                    ShuffleMetrics::add(&shuffle_metrics().worker_fallbacks, 1);
+                    tracing::warn!(%attempt, error = %e, "writing the attempt to the shuffle store directly");
+                }
+            }
+        }
+        Ok(Out::Store(
+            DataOut::open(store, attempt, options.part_size).await?,
+        ))
+    }
+
+    async fn put(&mut self, partition: usize, rows: u64, block: bytes::Bytes) -> Result<()> {
+        match self {
+            Out::Store(out) => out.put(block).await,
+            Out::Worker(w) => {
+                let sent = match &w.blocks {
+                    Some(tx) => tx.send((partition, rows, block)).await.is_ok(),
+                    None => false,
+                };
+                if sent {
+                    return Ok(());
+                }
+                // The put ended early: its error says why.
+                w.blocks = None;
+                Err(match (&mut w.put).await {
+                    Ok(Err(e)) => DataFusionError::from(e),
+                    Ok(Ok(_)) => DataFusionError::Execution(format!(
+                        "shuffle worker {} ended the put before the last block",
+                        w.url
+                    )),
+                    Err(e) => DataFusionError::External(Box::new(e)),
+                })
+            }
+        }
+    }
+
+    /// Completes the data object; a worker answers with the index it wrote.
+    async fn finish(self) -> Result<Option<AttemptIndex>> {
+        match self {
+            Out::Store(out) => out.finish().await.map(|()| None),
+            Out::Worker(mut w) => {
+                w.blocks = None;
+                match w.put.await {
+                    Ok(r) => Ok(Some(r?)),
+                    Err(e) => Err(DataFusionError::External(Box::new(e))),
+                }
+            }
+        }
+    }
+
+    async fn abort(self, attempt: &AttemptId) {
+        match self {
+            Out::Store(out) => out.abort(attempt).await,
+            // The worker deletes what it stored of a put that breaks off.
+            Out::Worker(w) => w.put.abort(),
+        }
     }
 }
 

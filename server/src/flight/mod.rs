@@ -37,9 +37,59 @@ pub enum AuthMode {
     Basic,
 }
 
+/// What a server process is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    /// Plans and runs every statement in this process.
+    Embedded,
+    /// Plans statements and runs staged jobs' tasks on executors that
+    /// register at --cluster-bind.
+    Coordinator,
+}
+
 /// `sluice server`.
 #[derive(Debug, clap::Args)]
 pub struct ServerArgs {
+    /// `embedded` runs everything in this process; `coordinator` runs
+    /// jobs on the executors of a cluster (`sluice executor`).
+    #[arg(long, value_enum, default_value_t = Role::Embedded, env = "SLUICE_ROLE")]
+    pub role: Role,
+
+    /// Coordinator: address of the endpoint executors register with.
+    #[arg(long, default_value = "127.0.0.1:50052", env = "SLUICE_CLUSTER_BIND")]
+    pub cluster_bind: String,
+
+    /// Coordinator: the shuffle store every executor reads and writes (a
+    /// directory all of them see, or an object store URL such as
+    /// `s3://bucket/shuffle/`); default: `shuffle/` under --state.
+    #[arg(long, env = "SLUICE_SHUFFLE_STORE")]
+    pub shuffle_store: Option<String>,
+
+    /// Coordinator: a shuffle worker (`http://host:port`, serving the same
+    /// store) that executors send task output through; without it they
+    /// write the store directly, as they also do when it is unreachable.
+    #[arg(long, value_name = "URL", env = "SLUICE_SHUFFLE_WORKER")]
+    pub shuffle_worker: Option<String>,
+
+    /// Coordinator: seconds a job's shuffle lease lasts unrenewed; data of
+    /// jobs whose lease expired is swept by any worker or coordinator.
+    #[arg(long, default_value_t = 300, env = "SLUICE_JOB_LEASE_SECS")]
+    pub job_lease_secs: u64,
+
+    /// Coordinator: milliseconds between executor heartbeats.
+    #[arg(long, default_value_t = 1000, env = "SLUICE_HEARTBEAT_MS")]
+    pub heartbeat_ms: u64,
+
+    /// Coordinator: an executor silent for this many milliseconds is
+    /// declared lost and its tasks run elsewhere.
+    #[arg(long, default_value_t = 10_000, env = "SLUICE_EXECUTOR_TIMEOUT_MS")]
+    pub executor_timeout_ms: u64,
+
+    /// Coordinator: fail a job's tasks when no executor has been
+    /// registered for this many seconds.
+    #[arg(long, default_value_t = 60, env = "SLUICE_EXECUTOR_WAIT_SECS")]
+    pub executor_wait_secs: u64,
+
     /// Address of the Flight SQL endpoint; port 0 picks a free port.
     #[arg(long, default_value = "127.0.0.1:50051", env = "SLUICE_BIND")]
     pub bind: String,
@@ -48,9 +98,10 @@ pub struct ServerArgs {
     #[arg(long, env = "SLUICE_HTTP_BIND")]
     pub http_bind: Option<String>,
 
-    /// Write the bound Flight address (and `http=ADDRESS` on a second line
-    /// when --http-bind is set) to this file once listening.
-    #[arg(long, value_name = "PATH")]
+    /// Write the bound Flight address (then `http=ADDRESS` when
+    /// --http-bind is set and `cluster=ADDRESS` for a coordinator) to this
+    /// file once listening.
+    #[arg(long, value_name = "PATH", env = "SLUICE_LISTEN_FILE")]
     pub listen_file: Option<PathBuf>,
 
     /// TLS certificate chain (PEM); requires --tls-key.
@@ -85,7 +136,7 @@ pub struct ServerArgs {
     pub target_partitions: Option<usize>,
 
     /// Close sessions idle for this many seconds.
-    #[arg(long, default_value_t = 3600)]
+    #[arg(long, default_value_t = 3600, env = "SLUICE_IDLE_TIMEOUT_SECS")]
     pub idle_timeout_secs: u64,
 
     /// On SIGTERM/SIGINT, let running statements finish for this many
@@ -175,10 +226,15 @@ async fn serve_inner(args: ServerArgs) -> Result<(), String> {
         warehouse: warehouse.clone(),
         idle_timeout: Duration::from_secs(args.idle_timeout_secs.max(1)),
     };
+    let cluster = match args.role {
+        Role::Embedded => None,
+        Role::Coordinator => Some(start_cluster(&args, &location.url).await?),
+    };
     let state = Arc::new(ServerState::new(
         Arc::clone(&catalog),
         Arc::clone(&runtime),
         defaults,
+        cluster.as_ref().map(|(scheduler, _)| Arc::clone(scheduler)),
     ));
     {
         let bootstrap = state.new_planner_session();
@@ -233,10 +289,10 @@ async fn serve_inner(args: ServerArgs) -> Result<(), String> {
         if let Some(h) = http_bound {
             text.push_str(&format!("http={h}\n"));
         }
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, text)
-            .and_then(|_| std::fs::rename(&tmp, path))
-            .map_err(|e| format!("--listen-file {}: {e}", path.display()))?;
+        if let Some((_, c)) = &cluster {
+            text.push_str(&format!("cluster={c}\n"));
+        }
+        crate::http::write_listen_file(path, &text)?;
     }
 
     // Janitor: idle sessions and unfetched results.
@@ -286,6 +342,59 @@ async fn serve_inner(args: ServerArgs) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Starts a coordinator's scheduler and the endpoint executors talk to;
+/// returns the scheduler and the endpoint's address.
+async fn start_cluster(
+    args: &ServerArgs,
+    state_url: &url::Url,
+) -> Result<(Arc<crate::cluster::ClusterScheduler>, SocketAddr), String> {
+    let location = match &args.shuffle_store {
+        Some(s) => s.clone(),
+        None if state_url.scheme() == "file" => {
+            let dir = std::path::Path::new(&args.state).join("shuffle");
+            std::fs::create_dir_all(&dir).map_err(|e| {
+                format!("cannot create the shuffle directory {}: {e}", dir.display())
+            })?;
+            std::fs::canonicalize(&dir)
+                .map_err(|e| format!("{}: {e}", dir.display()))?
+                .display()
+                .to_string()
+        }
+        None => format!("{state_url}shuffle/"),
+    };
+    let store = crate::worker::open_store(&location)
+        .await
+        .map_err(|e| e.replace("--store", "--shuffle-store"))?
+        .with_worker(args.shuffle_worker.clone());
+    match store.sweep_expired(chrono::Utc::now()).await {
+        Ok(swept) if !swept.is_empty() => {
+            tracing::info!(jobs = swept.len(), "removed shuffle data of expired jobs")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not sweep expired shuffle data"),
+    }
+    let liveness = crate::cluster::Liveness {
+        heartbeat: Duration::from_millis(args.heartbeat_ms.max(10)),
+        lost_after: Duration::from_millis(args.executor_timeout_ms.max(args.heartbeat_ms * 2)),
+        executor_wait: Duration::from_secs(args.executor_wait_secs),
+        job_lease: Duration::from_secs(args.job_lease_secs.max(1)),
+    };
+    let scheduler = crate::cluster::ClusterScheduler::start(location.clone(), store, liveness);
+    let (listener, bound) = crate::http::bind("--cluster-bind", &args.cluster_bind).await?;
+    let service = scheduler.service();
+    tokio::spawn(async move {
+        let served = tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(TcpListenerStream::new(listener))
+            .await;
+        if let Err(e) = served {
+            tracing::error!("cluster endpoint failed: {e}");
+        }
+    });
+    tracing::info!(address = %bound, shuffle = %location, "coordinator: executors register here");
+    Ok((scheduler, bound))
 }
 
 mod http {
@@ -399,6 +508,9 @@ mod http {
             &[("", state.session_count() as u64)],
         );
         crate::staged::StagedCounters::global().render(&mut out);
+        if let Some(cluster) = &state.cluster {
+            cluster.render(&mut out);
+        }
         out
     }
 }

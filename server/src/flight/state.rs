@@ -14,6 +14,7 @@ use datafusion::prelude::SessionConfig;
 use sluice_planner::{PersistentCatalog, RunContext, SluiceSession};
 use tokio_util::sync::CancellationToken;
 
+use crate::cluster::ClusterScheduler;
 use crate::embedded::EmbeddedSession;
 
 /// Name of the session cookie (Flight SQL session specification).
@@ -137,6 +138,8 @@ pub(crate) struct ServerState {
     pub shutting_down: AtomicBool,
     /// Cancels every running statement (end of the shutdown grace period).
     pub cancel_all: CancellationToken,
+    /// A coordinator's scheduler: staged jobs run on its executors.
+    pub cluster: Option<Arc<ClusterScheduler>>,
 }
 
 impl std::fmt::Debug for ServerState {
@@ -155,6 +158,7 @@ impl ServerState {
         catalog: Arc<PersistentCatalog>,
         runtime: Arc<RuntimeEnv>,
         defaults: SessionDefaults,
+        cluster: Option<Arc<ClusterScheduler>>,
     ) -> Self {
         Self {
             catalog,
@@ -167,6 +171,7 @@ impl ServerState {
             metrics: Metrics::default(),
             shutting_down: AtomicBool::new(false),
             cancel_all: CancellationToken::new(),
+            cluster,
         }
     }
 
@@ -174,13 +179,27 @@ impl ServerState {
     pub(crate) fn new_planner_session(&self) -> SluiceSession {
         let config =
             SessionConfig::new().with_target_partitions(self.defaults.target_partitions.max(1));
-        SluiceSession::with_catalog(
+        let session = SluiceSession::with_catalog(
             config,
             Arc::clone(&self.runtime),
             Arc::clone(&self.catalog) as _,
             RunContext::default(),
         )
-        .with_warehouse(self.defaults.warehouse.clone())
+        .with_warehouse(self.defaults.warehouse.clone());
+        if self.cluster.is_some() {
+            // A coordinator runs jobs staged, on its executors, unless a
+            // session sets another mode.
+            let state = session.context().state_ref();
+            let mut state = state.write();
+            if let Err(e) = state
+                .config_mut()
+                .options_mut()
+                .set("sluice.runtime_mode", "batch")
+            {
+                tracing::error!("cannot default sessions to batch mode: {e}");
+            }
+        }
+        session
     }
 
     /// The session `id`, created when unknown. Sessions belong to the user
@@ -203,7 +222,8 @@ impl ServerState {
         let session = Arc::new(ClientSession {
             id: id.to_string(),
             user: user.map(str::to_string),
-            engine: EmbeddedSession::from_session(self.new_planner_session(), false),
+            engine: EmbeddedSession::from_session(self.new_planner_session(), false)
+                .with_cluster(self.cluster.clone()),
             cast_view_types: AtomicBool::new(true),
             last_used: Mutex::new(Instant::now()),
         });

@@ -4,6 +4,7 @@
 
 mod cli;
 mod clickhouse;
+mod cluster;
 mod db_partitions;
 mod fault;
 mod flight;
@@ -49,6 +50,7 @@ fn main() -> ExitCode {
     trials.extend(clickhouse::trials());
     trials.extend(lookup::trials());
     trials.extend(staged::trials());
+    trials.extend(cluster::trials());
     trials.extend(statement_set::trials());
     trials.extend(db_partitions::trials());
     trials.extend(flight::trials());

@@ -64,7 +64,7 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 /// The generated data, shared by every test process.
-fn tpch_dir() -> Result<PathBuf, Failed> {
+pub(crate) fn tpch_dir() -> Result<PathBuf, Failed> {
     let cache = std::env::temp_dir().join("sluice-tpch");
     tpch::generate_parquet(&cache, SCALE_FACTOR).map_err(|e| format!("tpch data: {e}").into())
 }

@@ -1,0 +1,615 @@
+//! The coordinator's task scheduler: executors pull task attempts with
+//! their heartbeats; an executor that stops heartbeating is declared lost
+//! and its attempts fail, so the stage runner retries them elsewhere from
+//! the same committed inputs.
+//!
+//! - Heartbeats are long polls: an executor with free slots waits at the
+//!   coordinator up to one heartbeat interval for work, so a task starts
+//!   as soon as it is queued.
+//! - Tasks are balanced: one heartbeat takes at most its share of the
+//!   queue (queued tasks over live executors, rounded up).
+//! - Attempts whose job stopped waiting (the job failed or was cancelled)
+//!   are cancelled on the executor's next heartbeat.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
+use arrow_flight::{
+    Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightInfo,
+    HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaResult, Ticket,
+};
+use futures::Stream;
+use sluice_shuffle::{AttemptId, ShuffleStore};
+use tokio::sync::{Notify, oneshot};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::protocol::{
+    ACTION_HEARTBEAT, ACTION_LEAVE, ACTION_REGISTER, ACTION_REPORT, CLUSTER_PROTOCOL_VERSION,
+    Heartbeat, HeartbeatReply, Leave, MAX_MESSAGE, Outcome, Register, Registered, Report,
+    TaskAssignment, check_version,
+};
+
+/// Timing of the executor protocol.
+#[derive(Debug, Clone, Copy)]
+pub struct Liveness {
+    /// How often executors heartbeat (and how long a long poll waits).
+    pub heartbeat: Duration,
+    /// An executor silent this long is declared lost.
+    pub lost_after: Duration,
+    /// Queued tasks fail when no executor has been registered this long.
+    pub executor_wait: Duration,
+    /// How long a job's shuffle lease lasts unrenewed.
+    pub job_lease: Duration,
+}
+
+/// What a finished attempt produced, as the executor reported it.
+pub(crate) type AttemptResult = Result<(Outcome, u64), String>;
+
+struct Queued {
+    task: TaskAssignment,
+    reply: oneshot::Sender<AttemptResult>,
+    since: Instant,
+}
+
+struct Running {
+    executor: String,
+    reply: oneshot::Sender<AttemptResult>,
+}
+
+struct ExecutorEntry {
+    slots: u32,
+    last_seen: Instant,
+    draining: bool,
+    http: Option<String>,
+}
+
+#[derive(Default)]
+struct State {
+    executors: BTreeMap<String, ExecutorEntry>,
+    queue: VecDeque<Queued>,
+    running: HashMap<AttemptId, Running>,
+}
+
+/// Counters of the scheduler, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct ClusterCounters {
+    /// Executors registered over the process's life.
+    pub registered: AtomicU64,
+    /// Executors declared lost.
+    pub lost: AtomicU64,
+    /// Task attempts given to executors.
+    pub assigned: AtomicU64,
+    /// Attempts that failed because their executor was lost or left.
+    pub orphaned: AtomicU64,
+}
+
+/// The coordinator's view of its executors and their tasks.
+pub struct ClusterScheduler {
+    store_location: String,
+    store: ShuffleStore,
+    liveness: Liveness,
+    state: Mutex<State>,
+    queued: Notify,
+    counters: ClusterCounters,
+}
+
+impl std::fmt::Debug for ClusterScheduler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterScheduler")
+            .field("store", &self.store_location)
+            .field("liveness", &self.liveness)
+            .finish_non_exhaustive()
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+impl ClusterScheduler {
+    /// A scheduler handing out tasks that use `store` (reachable by every
+    /// executor at `store_location`), with its liveness monitor running.
+    pub fn start(store_location: String, store: ShuffleStore, liveness: Liveness) -> Arc<Self> {
+        let this = Arc::new(Self {
+            store_location,
+            store,
+            liveness,
+            state: Mutex::new(State::default()),
+            queued: Notify::new(),
+            counters: ClusterCounters::default(),
+        });
+        let weak = Arc::downgrade(&this);
+        let tick = (liveness.heartbeat / 2).max(Duration::from_millis(20));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(tick).await;
+                match weak.upgrade() {
+                    Some(s) => s.check_liveness(),
+                    None => return,
+                }
+            }
+        });
+        this
+    }
+
+    /// The shuffle store tasks use.
+    pub fn store(&self) -> &ShuffleStore {
+        &self.store
+    }
+
+    /// The counters.
+    pub fn counters(&self) -> &ClusterCounters {
+        &self.counters
+    }
+
+    /// How long a job's shuffle lease lasts unrenewed.
+    pub fn job_lease(&self) -> Duration {
+        self.liveness.job_lease
+    }
+
+    /// Slots of live executors that take tasks.
+    pub fn total_slots(&self) -> usize {
+        let state = self.state.lock().expect("scheduler lock");
+        state
+            .executors
+            .values()
+            .filter(|e| !e.draining)
+            .map(|e| e.slots as usize)
+            .sum()
+    }
+
+    /// Runs one attempt on some executor and waits for its outcome. An
+    /// error is the attempt's failure (or the loss of its executor): the
+    /// caller may retry the task as a new attempt.
+    pub(crate) async fn run(&self, task: TaskAssignment) -> AttemptResult {
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut state = self.state.lock().expect("scheduler lock");
+            state.queue.push_back(Queued {
+                task,
+                reply: tx,
+                since: Instant::now(),
+            });
+        }
+        self.queued.notify_waiters();
+        rx.await
+            .unwrap_or_else(|_| Err("the coordinator dropped the attempt".into()))
+    }
+
+    fn register(&self, r: Register) -> Result<Registered, String> {
+        check_version(r.protocol_version, &format!("executor {}", r.executor_id))?;
+        if r.slots == 0 {
+            return Err(format!("executor {} offers no slots", r.executor_id));
+        }
+        let mut state = self.state.lock().expect("scheduler lock");
+        state.executors.insert(
+            r.executor_id.clone(),
+            ExecutorEntry {
+                slots: r.slots,
+                last_seen: Instant::now(),
+                draining: false,
+                http: r.http.clone(),
+            },
+        );
+        self.counters.registered.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(executor = %r.executor_id, slots = r.slots, http = r.http.as_deref().unwrap_or("-"), "executor registered");
+        Ok(Registered {
+            protocol_version: CLUSTER_PROTOCOL_VERSION,
+            shuffle_store: self.store_location.clone(),
+            shuffle_worker: self.store.worker().map(str::to_string),
+            heartbeat_ms: self.liveness.heartbeat.as_millis() as u64,
+            lost_after_ms: self.liveness.lost_after.as_millis() as u64,
+        })
+    }
+
+    /// One pass of a heartbeat: records the executor's state, cancels
+    /// attempts nobody waits for and hands out its share of the queue.
+    fn take_work(&self, hb: &Heartbeat) -> HeartbeatReply {
+        let mut reply = HeartbeatReply {
+            protocol_version: CLUSTER_PROTOCOL_VERSION,
+            ..HeartbeatReply::default()
+        };
+        let mut state = self.state.lock().expect("scheduler lock");
+        let live = state.executors.values().filter(|e| !e.draining).count();
+        let Some(entry) = state.executors.get_mut(&hb.executor_id) else {
+            reply.unknown_executor = true;
+            return reply;
+        };
+        entry.last_seen = Instant::now();
+        entry.draining = hb.draining;
+        // Attempts this executor runs that no job waits for any more.
+        for id in &hb.running {
+            let abandoned = match state.running.get(id) {
+                Some(r) => r.executor != hb.executor_id || r.reply.is_closed(),
+                None => true,
+            };
+            if abandoned {
+                if state
+                    .running
+                    .get(id)
+                    .is_some_and(|r| r.executor == hb.executor_id)
+                {
+                    state.running.remove(id);
+                }
+                reply.cancel.push(id.clone());
+            }
+        }
+        if hb.draining || hb.free_slots == 0 {
+            return reply;
+        }
+        state.queue.retain(|q| !q.reply.is_closed());
+        let share = state.queue.len().div_ceil(live.max(1)).max(1);
+        let take = (hb.free_slots as usize).min(share);
+        for _ in 0..take {
+            let Some(q) = state.queue.pop_front() else {
+                break;
+            };
+            let id = q.task.attempt.clone();
+            state.running.insert(
+                id,
+                Running {
+                    executor: hb.executor_id.clone(),
+                    reply: q.reply,
+                },
+            );
+            self.counters.assigned.fetch_add(1, Ordering::Relaxed);
+            reply.tasks.push(q.task);
+        }
+        reply
+    }
+
+    async fn heartbeat(&self, hb: Heartbeat) -> Result<HeartbeatReply, String> {
+        check_version(hb.protocol_version, &format!("executor {}", hb.executor_id))?;
+        let deadline = tokio::time::Instant::now() + self.liveness.heartbeat;
+        loop {
+            let notified = self.queued.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let reply = self.take_work(&hb);
+            let idle = reply.tasks.is_empty() && reply.cancel.is_empty();
+            if !idle || reply.unknown_executor || hb.draining || hb.free_slots == 0 {
+                return Ok(reply);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Ok(reply);
+            }
+        }
+    }
+
+    fn report(&self, r: Report) -> Result<(), String> {
+        check_version(r.protocol_version, &format!("executor {}", r.executor_id))?;
+        let mut state = self.state.lock().expect("scheduler lock");
+        match state.running.get(&r.attempt) {
+            Some(run) if run.executor == r.executor_id => {
+                let run = state.running.remove(&r.attempt).expect("present");
+                let result = match r.outcome {
+                    Outcome::Failed { message } => Err(message),
+                    other => Ok((other, r.rows_read)),
+                };
+                let _ = run.reply.send(result);
+            }
+            _ => {
+                tracing::debug!(attempt = %r.attempt, executor = %r.executor_id, "report of an attempt no longer waited for");
+            }
+        }
+        Ok(())
+    }
+
+    fn leave(&self, l: Leave) -> Result<(), String> {
+        check_version(l.protocol_version, &format!("executor {}", l.executor_id))?;
+        let mut state = self.state.lock().expect("scheduler lock");
+        if state.executors.remove(&l.executor_id).is_some() {
+            tracing::info!(executor = %l.executor_id, "executor left");
+        }
+        self.fail_attempts_of(
+            &mut state,
+            &l.executor_id,
+            &format!(
+                "executor {} left before reporting the attempt",
+                l.executor_id
+            ),
+        );
+        Ok(())
+    }
+
+    fn fail_attempts_of(&self, state: &mut State, executor: &str, message: &str) {
+        let ids: Vec<AttemptId> = state
+            .running
+            .iter()
+            .filter(|(_, r)| r.executor == executor)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in ids {
+            let run = state.running.remove(&id).expect("present");
+            self.counters.orphaned.fetch_add(1, Ordering::Relaxed);
+            let _ = run.reply.send(Err(message.to_string()));
+        }
+    }
+
+    /// Declares silent executors lost, and fails queued tasks when no
+    /// executor has been there for too long.
+    fn check_liveness(&self) {
+        let now = Instant::now();
+        let mut state = self.state.lock().expect("scheduler lock");
+        let lost: Vec<(String, Option<String>)> = state
+            .executors
+            .iter()
+            .filter(|(_, e)| now.duration_since(e.last_seen) > self.liveness.lost_after)
+            .map(|(id, e)| (id.clone(), e.http.clone()))
+            .collect();
+        for (id, http) in lost {
+            state.executors.remove(&id);
+            self.counters.lost.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(executor = %id, http = http.as_deref().unwrap_or("-"), "executor lost: no heartbeat for {:?}; its attempts run again elsewhere", self.liveness.lost_after);
+            self.fail_attempts_of(
+                &mut state,
+                &id,
+                &format!(
+                    "executor {id} was lost (no heartbeat for {} ms)",
+                    self.liveness.lost_after.as_millis()
+                ),
+            );
+        }
+        if state.executors.values().all(|e| e.draining) {
+            let wait = self.liveness.executor_wait;
+            while state
+                .queue
+                .front()
+                .is_some_and(|q| now.duration_since(q.since) > wait)
+            {
+                let q = state.queue.pop_front().expect("present");
+                let _ = q.reply.send(Err(format!(
+                    "no executor took the task within {} s: none is registered with this \
+                     coordinator; start executors with `sluice executor --coordinator URL` \
+                     pointing at the coordinator's --cluster-bind address",
+                    wait.as_secs()
+                )));
+            }
+        }
+    }
+
+    /// Appends the scheduler's metrics in Prometheus text format.
+    pub fn render(&self, out: &mut String) {
+        use std::fmt::Write;
+        let (live, draining, queued, running) = {
+            let state = self.state.lock().expect("scheduler lock");
+            let draining = state.executors.values().filter(|e| e.draining).count();
+            (
+                state.executors.len() - draining,
+                draining,
+                state.queue.len(),
+                state.running.len(),
+            )
+        };
+        let c = &self.counters;
+        let rows: [(&str, &str, &str, u64); 8] = [
+            (
+                "sluice_cluster_executors",
+                "Executors taking tasks.",
+                "gauge",
+                live as u64,
+            ),
+            (
+                "sluice_cluster_executors_draining",
+                "Executors draining before they leave.",
+                "gauge",
+                draining as u64,
+            ),
+            (
+                "sluice_cluster_tasks_queued",
+                "Task attempts waiting for a slot.",
+                "gauge",
+                queued as u64,
+            ),
+            (
+                "sluice_cluster_tasks_running",
+                "Task attempts running on executors.",
+                "gauge",
+                running as u64,
+            ),
+            (
+                "sluice_cluster_executors_registered_total",
+                "Executor registrations.",
+                "counter",
+                c.registered.load(Ordering::Relaxed),
+            ),
+            (
+                "sluice_cluster_executors_lost_total",
+                "Executors declared lost.",
+                "counter",
+                c.lost.load(Ordering::Relaxed),
+            ),
+            (
+                "sluice_cluster_tasks_assigned_total",
+                "Task attempts given to executors.",
+                "counter",
+                c.assigned.load(Ordering::Relaxed),
+            ),
+            (
+                "sluice_cluster_attempts_orphaned_total",
+                "Attempts failed because their executor was lost or left.",
+                "counter",
+                c.orphaned.load(Ordering::Relaxed),
+            ),
+        ];
+        for (name, help, kind, v) in rows {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            let _ = writeln!(out, "{name} {v}");
+        }
+    }
+
+    /// The Flight service executors talk to.
+    pub fn service(self: &Arc<Self>) -> FlightServiceServer<ClusterService> {
+        FlightServiceServer::new(ClusterService {
+            scheduler: Arc::clone(self),
+        })
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE)
+    }
+}
+
+/// The coordinator's Flight endpoint for executors (see
+/// [`super::protocol`]).
+#[derive(Debug, Clone)]
+pub struct ClusterService {
+    scheduler: Arc<ClusterScheduler>,
+}
+
+fn decode<T: serde::de::DeserializeOwned>(what: &str, body: &[u8]) -> Result<T, Status> {
+    serde_json::from_slice(body)
+        .map_err(|e| Status::invalid_argument(format!("malformed {what}: {e}")))
+}
+
+fn answer<T: serde::Serialize>(
+    value: &T,
+) -> Result<Response<BoxStream<arrow_flight::Result>>, Status> {
+    let body = serde_json::to_vec(value).map_err(|e| Status::internal(e.to_string()))?;
+    let result = arrow_flight::Result { body: body.into() };
+    Ok(Response::new(Box::pin(futures::stream::once(async {
+        Ok(result)
+    }))))
+}
+
+fn refused(message: String) -> Status {
+    Status::failed_precondition(message)
+}
+
+#[tonic::async_trait]
+impl FlightService for ClusterService {
+    type HandshakeStream = BoxStream<HandshakeResponse>;
+    type ListFlightsStream = BoxStream<FlightInfo>;
+    type DoGetStream = BoxStream<FlightData>;
+    type DoPutStream = BoxStream<PutResult>;
+    type DoActionStream = BoxStream<arrow_flight::Result>;
+    type ListActionsStream = BoxStream<ActionType>;
+    type DoExchangeStream = BoxStream<FlightData>;
+
+    async fn handshake(
+        &self,
+        _request: Request<Streaming<HandshakeRequest>>,
+    ) -> Result<Response<Self::HandshakeStream>, Status> {
+        Err(Status::unimplemented(
+            "the cluster endpoint takes actions only",
+        ))
+    }
+
+    async fn list_flights(
+        &self,
+        _request: Request<Criteria>,
+    ) -> Result<Response<Self::ListFlightsStream>, Status> {
+        Err(Status::unimplemented(
+            "the cluster endpoint takes actions only",
+        ))
+    }
+
+    async fn get_flight_info(
+        &self,
+        _request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        Err(Status::unimplemented(
+            "the cluster endpoint takes actions only; SQL clients use the coordinator's --bind address",
+        ))
+    }
+
+    async fn poll_flight_info(
+        &self,
+        _request: Request<FlightDescriptor>,
+    ) -> Result<Response<PollInfo>, Status> {
+        Err(Status::unimplemented(
+            "the cluster endpoint takes actions only",
+        ))
+    }
+
+    async fn get_schema(
+        &self,
+        _request: Request<FlightDescriptor>,
+    ) -> Result<Response<SchemaResult>, Status> {
+        Err(Status::unimplemented(
+            "the cluster endpoint takes actions only",
+        ))
+    }
+
+    async fn do_get(
+        &self,
+        _request: Request<Ticket>,
+    ) -> Result<Response<Self::DoGetStream>, Status> {
+        Err(Status::unimplemented(
+            "the cluster endpoint takes actions only",
+        ))
+    }
+
+    async fn do_put(
+        &self,
+        _request: Request<Streaming<FlightData>>,
+    ) -> Result<Response<Self::DoPutStream>, Status> {
+        Err(Status::unimplemented(
+            "the cluster endpoint takes actions only",
+        ))
+    }
+
+    async fn do_exchange(
+        &self,
+        _request: Request<Streaming<FlightData>>,
+    ) -> Result<Response<Self::DoExchangeStream>, Status> {
+        Err(Status::unimplemented(
+            "the cluster endpoint takes actions only",
+        ))
+    }
+
+    async fn do_action(
+        &self,
+        request: Request<Action>,
+    ) -> Result<Response<Self::DoActionStream>, Status> {
+        let action = request.into_inner();
+        let s = &self.scheduler;
+        match action.r#type.as_str() {
+            ACTION_REGISTER => {
+                let r: Register = decode("register", &action.body)?;
+                answer(&s.register(r).map_err(refused)?)
+            }
+            ACTION_HEARTBEAT => {
+                let hb: Heartbeat = decode("heartbeat", &action.body)?;
+                answer(&s.heartbeat(hb).await.map_err(refused)?)
+            }
+            ACTION_REPORT => {
+                let r: Report = decode("report", &action.body)?;
+                s.report(r).map_err(refused)?;
+                answer(&serde_json::json!({}))
+            }
+            ACTION_LEAVE => {
+                let l: Leave = decode("leave", &action.body)?;
+                s.leave(l).map_err(refused)?;
+                answer(&serde_json::json!({}))
+            }
+            other => Err(Status::invalid_argument(format!(
+                "unknown action '{other}'; the cluster endpoint knows {ACTION_REGISTER}, \
+                 {ACTION_HEARTBEAT}, {ACTION_REPORT} and {ACTION_LEAVE}"
+            ))),
+        }
+    }
+
+    async fn list_actions(
+        &self,
+        _request: Request<Empty>,
+    ) -> Result<Response<Self::ListActionsStream>, Status> {
+        let actions = [
+            (ACTION_REGISTER, "An executor joins with its slots"),
+            (
+                ACTION_HEARTBEAT,
+                "An executor's liveness and free slots; answers with tasks",
+            ),
+            (ACTION_REPORT, "A task attempt's outcome"),
+            (ACTION_LEAVE, "A drained executor leaves"),
+        ]
+        .map(|(t, d)| {
+            Ok(ActionType {
+                r#type: t.to_string(),
+                description: d.to_string(),
+            })
+        });
+        Ok(Response::new(Box::pin(futures::stream::iter(actions))))
+    }
+}

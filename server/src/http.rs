@@ -1,0 +1,64 @@
+//! The HTTP endpoint every role serves: `/healthz` and `/metrics`
+//! (Prometheus text format).
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::get;
+
+/// Whether the process takes work, and why not.
+pub(crate) type Health = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+/// Renders the process's metrics.
+pub(crate) type Metrics = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// Serves `/healthz` (200, or 503 with the reason) and `/metrics` until
+/// the process ends.
+pub(crate) async fn serve(listener: tokio::net::TcpListener, health: Health, metrics: Metrics) {
+    let app = Router::new()
+        .route(
+            "/healthz",
+            get(move || {
+                let health = Arc::clone(&health);
+                async move {
+                    match health() {
+                        Ok(()) => (StatusCode::OK, "ok\n".to_string()),
+                        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
+                    }
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = Arc::clone(&metrics);
+                async move { metrics() }
+            }),
+        );
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::error!("HTTP endpoint failed: {e}");
+    }
+}
+
+/// Binds `addr` (`HOST:0` picks a free port), naming the flag in errors.
+pub(crate) async fn bind(
+    flag: &str,
+    addr: &str,
+) -> Result<(tokio::net::TcpListener, std::net::SocketAddr), String> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("{flag} {addr}: cannot listen: {e}"))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| format!("{flag} {addr}: {e}"))?;
+    Ok((listener, bound))
+}
+
+/// Writes `text` to `path` atomically (a temporary file renamed over it),
+/// so a reader polling for the file never sees half of it.
+pub(crate) fn write_listen_file(path: &std::path::Path, text: &str) -> Result<(), String> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .map_err(|e| format!("--listen-file {}: {e}", path.display()))
+}

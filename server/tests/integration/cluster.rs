@@ -1,0 +1,629 @@
+//! A loopback cluster of real processes: a coordinator (`sluice server
+//! --role coordinator`), executors (`sluice executor`) and a shared shuffle
+//! directory. TPC-H against DataFusion alone, an executor killed with
+//! SIGKILL in the middle of a stage, and an executor drained with SIGTERM.
+//!
+//! Faults are placed with the test hook (`SLUICE_TEST_FAULT`, given to one
+//! executor only) and observed by polling `/metrics` with a deadline.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+
+use arrow::array::RecordBatch;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use sluice_server::engine::FlightEngineFactory;
+use sluice_sql_tests::{EngineFactory, EngineOutput, Failed, FileContext, Trial, tpch};
+
+use crate::support::{Scratch, check, files_below, stdout, wait_until};
+
+pub(crate) fn trials() -> Vec<Trial> {
+    vec![
+        Trial::test(
+            "cluster::tpch_sf01_matches_datafusion",
+            tpch_matches_datafusion,
+        ),
+        Trial::test(
+            "cluster::executor_killed_mid_stage_job_completes",
+            executor_killed_mid_stage,
+        ),
+        Trial::test(
+            "cluster::sigterm_drains_executor_and_hands_back_tasks",
+            sigterm_drains_executor,
+        ),
+        Trial::test(
+            "cluster::shuffle_worker_killed_after_stage_commits",
+            shuffle_worker_killed_after_stage_commits,
+        ),
+        Trial::test(
+            "cluster::orphaned_shuffle_data_swept_after_restart",
+            orphaned_shuffle_data_swept_after_restart,
+        ),
+    ]
+}
+
+/// A child process killed when dropped; its stderr goes to a file.
+struct Proc {
+    name: String,
+    child: Child,
+    stderr: PathBuf,
+}
+
+impl Proc {
+    fn log(&self) -> String {
+        format!(
+            "--- {} stderr\n{}",
+            self.name,
+            std::fs::read_to_string(&self.stderr).unwrap_or_default()
+        )
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running coordinator and its executors.
+struct Cluster<'a> {
+    scratch: &'a Scratch,
+    coordinator: Proc,
+    /// Flight SQL address for clients.
+    sql: String,
+    /// The executors' endpoint.
+    cluster: String,
+    /// The coordinator's HTTP endpoint.
+    http: String,
+    shuffle: PathBuf,
+    executors: Vec<(Proc, String)>,
+}
+
+fn read_listen(path: &Path, what: &str) -> Result<Vec<String>, Failed> {
+    if !wait_until(120, || path.exists()) {
+        return Err(format!("{what} did not write its listen file").into());
+    }
+    Ok(std::fs::read_to_string(path)?
+        .lines()
+        .map(str::to_string)
+        .collect())
+}
+
+impl<'a> Cluster<'a> {
+    fn start(scratch: &'a Scratch) -> Result<Self, Failed> {
+        Self::start_with(scratch, &[])
+    }
+
+    /// A coordinator with extra flags.
+    fn start_with(scratch: &'a Scratch, extra: &[&str]) -> Result<Self, Failed> {
+        let listen = scratch.path().join("coordinator.listen");
+        let shuffle = scratch.path().join("shuffle");
+        let stderr = scratch.path().join("coordinator.log");
+        let mut c = scratch.sluice();
+        c.args([
+            "server",
+            "--role",
+            "coordinator",
+            "--bind",
+            "127.0.0.1:0",
+            "--cluster-bind",
+            "127.0.0.1:0",
+            "--http-bind",
+            "127.0.0.1:0",
+            "--state",
+            "state",
+            "--heartbeat-ms",
+            "200",
+            "--executor-timeout-ms",
+            "2000",
+            "--target-partitions",
+            "4",
+        ])
+        .arg("--shuffle-store")
+        .arg(&shuffle)
+        .arg("--listen-file")
+        .arg(&listen)
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr)?);
+        let coordinator = Proc {
+            name: "coordinator".into(),
+            child: c.spawn()?,
+            stderr,
+        };
+        let lines = read_listen(&listen, "the coordinator")
+            .map_err(|e| format!("{}\n{}", e.message().unwrap_or_default(), coordinator.log()))?;
+        let field = |p: &str| {
+            lines
+                .iter()
+                .find_map(|l| l.strip_prefix(p))
+                .map(str::to_string)
+                .ok_or_else(|| format!("no {p} line in the listen file: {lines:?}"))
+        };
+        Ok(Self {
+            scratch,
+            sql: format!("http://{}", lines[0]),
+            cluster: format!("http://{}", field("cluster=")?),
+            http: format!("http://{}", field("http=")?),
+            coordinator,
+            shuffle,
+            executors: vec![],
+        })
+    }
+
+    /// Starts an executor with `slots` and extra environment; returns its
+    /// index once it is registered (its listen file is written then).
+    fn add_executor(&mut self, slots: u32, env: &[(&str, &str)]) -> Result<usize, Failed> {
+        let n = self.executors.len();
+        let listen = self.scratch.path().join(format!("executor{n}.listen"));
+        let stderr = self.scratch.path().join(format!("executor{n}.log"));
+        let mut c = self.scratch.sluice();
+        c.args([
+            "executor",
+            "--bind",
+            "127.0.0.1:0",
+            "--memory-limit",
+            "2GiB",
+        ])
+        .args(["--coordinator", &self.cluster])
+        .args(["--slots", &slots.to_string()])
+        .args(["--drain-timeout-secs", "1"])
+        .arg("--listen-file")
+        .arg(&listen)
+        .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr)?);
+        let proc = Proc {
+            name: format!("executor{n}"),
+            child: c.spawn()?,
+            stderr,
+        };
+        let lines = read_listen(&listen, "an executor")
+            .map_err(|e| format!("{}\n{}", e.message().unwrap_or_default(), proc.log()))?;
+        self.executors
+            .push((proc, format!("http://{}", lines[0].trim())));
+        Ok(n)
+    }
+
+    fn logs(&self) -> String {
+        let mut out = self.coordinator.log();
+        for (p, _) in &self.executors {
+            out.push('\n');
+            out.push_str(&p.log());
+        }
+        out
+    }
+
+    /// `sluice run --server` with a script, in the background.
+    fn run_script(&self, name: &str, sql: &str) -> Result<Child, Failed> {
+        let script = self.scratch.write(name, sql);
+        let mut c = self.scratch.sluice();
+        c.args(["run", "--quiet", "--server", &self.sql])
+            .arg(&script)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        Ok(c.spawn()?)
+    }
+}
+
+/// One sample of a Prometheus text page.
+fn metric(url: &str, name: &str) -> Option<u64> {
+    let body = runtime()
+        .block_on(async { reqwest::get(format!("{url}/metrics")).await?.text().await })
+        .ok()?;
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// Job directories left in the shuffle store.
+fn leftover_jobs(shuffle: &Path) -> Vec<String> {
+    std::fs::read_dir(shuffle.join("jobs"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The 22 TPC-H queries at SF 0.1 over Flight SQL on 1 coordinator and
+/// 2 executors match DataFusion alone; both executors ran tasks; no
+/// shuffle data is left.
+fn tpch_matches_datafusion() -> Result<(), Failed> {
+    let data = crate::staged::tpch_dir()?;
+    let s = Scratch::new();
+    let mut cluster = Cluster::start(&s)?;
+    cluster.add_executor(2, &[])?;
+    cluster.add_executor(2, &[])?;
+    let result = runtime().block_on(async {
+        let peer = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(4));
+        for ddl in tpch::create_tables_sql(&data) {
+            peer.sql(&ddl).await?.collect().await?;
+        }
+        let factory = FlightEngineFactory::new(cluster.sql.clone());
+        let ctx = FileContext {
+            path: s.path().join("tpch.slt"),
+            scratch_dir: s.path().to_path_buf(),
+            vars: Default::default(),
+        };
+        let mut engine = factory
+            .create(&ctx)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        for ddl in tpch::create_tables_sql(&data) {
+            engine.run(&ddl).await.map_err(|e| format!("{ddl}: {e}"))?;
+        }
+        for (name, sql) in tpch::QUERIES {
+            let expected = peer.sql(sql).await?.collect().await?;
+            let actual: Vec<RecordBatch> = match engine.run(sql).await {
+                Ok(EngineOutput::Rows { batches, .. }) => batches,
+                Ok(_) => return Err(format!("{name}: no rows came back").into()),
+                Err(e) => return Err(format!("{name}: {e}").into()),
+            };
+            tpch::compare_results(&expected, &actual).map_err(|e| format!("{name}: {e}"))?;
+            if tpch::row_count(&expected) == 0 {
+                return Err(
+                    format!("{name} returned no rows: the test would prove nothing").into(),
+                );
+            }
+        }
+        Ok::<(), Failed>(())
+    });
+    let with_logs = |e: Failed| -> Failed {
+        format!("{}\n{}", e.message().unwrap_or_default(), cluster.logs()).into()
+    };
+    result.map_err(with_logs)?;
+    for (i, (_, http)) in cluster.executors.iter().enumerate() {
+        let got = metric(http, "sluice_executor_tasks_received_total").unwrap_or(0);
+        if got == 0 {
+            return Err(with_logs(
+                format!("executor {i} ran no task: tasks are not spread").into(),
+            ));
+        }
+    }
+    if !wait_until(30, || leftover_jobs(&cluster.shuffle).is_empty()) {
+        return Err(with_logs(
+            format!(
+                "shuffle data left behind: {:?}",
+                leftover_jobs(&cluster.shuffle)
+            )
+            .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The write job of the fault tests: lineitem grouped into a parquet table
+/// (a scan stage, a shuffle, an aggregate and sink stage).
+fn write_job(data: &Path, out: &Path) -> String {
+    let mut sql = String::new();
+    for ddl in tpch::create_tables_sql(data) {
+        if ddl.contains("lineitem") {
+            sql.push_str(&ddl);
+            sql.push_str(";\n");
+        }
+    }
+    sql.push_str(&format!(
+        "CREATE TABLE totals (flag VARCHAR, status VARCHAR, n BIGINT, qty DECIMAL(38, 2)) \
+         WITH ('connector' = 'filesystem', 'path' = '{}/', 'format' = 'parquet');\n\
+         INSERT OVERWRITE totals SELECT l_returnflag, l_linestatus, count(*), sum(l_quantity) \
+         FROM lineitem GROUP BY l_returnflag, l_linestatus;\n",
+        out.display()
+    ));
+    sql
+}
+
+/// What the totals table must hold, from DataFusion alone, as sorted CSV lines.
+fn expected_totals(data: &Path) -> Result<Vec<String>, Failed> {
+    runtime().block_on(async {
+        let ctx = SessionContext::new();
+        for ddl in tpch::create_tables_sql(data) {
+            ctx.sql(&ddl).await?.collect().await?;
+        }
+        let batches = ctx
+            .sql(
+                "SELECT l_returnflag, l_linestatus, count(*), sum(l_quantity) FROM lineitem \
+                 GROUP BY l_returnflag, l_linestatus",
+            )
+            .await?
+            .collect()
+            .await?;
+        Ok(csv_lines(&batches))
+    })
+}
+
+fn csv_lines(batches: &[RecordBatch]) -> Vec<String> {
+    let mut lines = vec![];
+    for b in batches {
+        for row in 0..b.num_rows() {
+            let cells: Vec<String> = b
+                .columns()
+                .iter()
+                .map(|c| arrow::util::display::array_value_to_string(c, row).unwrap_or_default())
+                .collect();
+            lines.push(cells.join(","));
+        }
+    }
+    lines.sort();
+    lines
+}
+
+/// The totals table as the embedded engine reads it back: sorted CSV lines.
+fn actual_totals(s: &Scratch, out: &Path) -> Result<Vec<String>, Failed> {
+    let o = s.run(
+        &[
+            "-q",
+            "--format",
+            "csv",
+            "-e",
+            &format!(
+                "CREATE TABLE totals (flag VARCHAR, status VARCHAR, n BIGINT, qty DECIMAL(38, 2)) \
+                 WITH ('connector' = 'filesystem', 'path' = '{}/', 'format' = 'parquet'); \
+                 SELECT * FROM totals",
+                out.display()
+            ),
+        ],
+        None,
+    );
+    check(o.status.code() == Some(0), "reading the totals back", &o)?;
+    let mut lines: Vec<String> = stdout(&o).lines().skip(1).map(str::to_string).collect();
+    lines.sort();
+    Ok(lines)
+}
+
+/// Starts the fault scenario: executor 0 alone, pausing every first attempt
+/// (the test hook), and the job; waits until executor 0 runs paused tasks,
+/// then adds executor 1. Returns the job's process.
+fn start_paused_job(cluster: &mut Cluster<'_>, data: &Path, out: &Path) -> Result<Child, Failed> {
+    cluster.add_executor(2, &[("SLUICE_TEST_FAULT", "after=0,action=pause")])?;
+    let job = cluster.run_script("job.sql", &write_job(data, out))?;
+    let http = cluster.executors[0].1.clone();
+    if !wait_until(120, || {
+        metric(&http, "sluice_staged_tasks_running").unwrap_or(0) >= 1
+    }) {
+        return Err(format!("executor 0 never ran a task\n{}", cluster.logs()).into());
+    }
+    cluster.add_executor(2, &[])?;
+    Ok(job)
+}
+
+fn finish_job(cluster: &Cluster<'_>, job: Child) -> Result<(), Failed> {
+    let o = job.wait_with_output()?;
+    if o.status.code() != Some(0) {
+        return Err(format!(
+            "the job failed: {:?}\n--- stdout\n{}\n--- stderr\n{}\n{}",
+            o.status.code(),
+            stdout(&o),
+            String::from_utf8_lossy(&o.stderr),
+            cluster.logs()
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// The table holds the job's result once: one committed set of files.
+fn check_totals(s: &Scratch, cluster: &Cluster<'_>, data: &Path, out: &Path) -> Result<(), Failed> {
+    let expected = expected_totals(data)?;
+    let actual = actual_totals(s, out)?;
+    if actual != expected {
+        return Err(format!(
+            "totals differ\nexpected {expected:?}\nactual   {actual:?}\n{}",
+            cluster.logs()
+        )
+        .into());
+    }
+    let staging: Vec<String> = files_below(out)
+        .into_iter()
+        .filter(|f| f.starts_with("_sluice/staging/") && !f.ends_with("_lease.json"))
+        .collect();
+    if !staging.is_empty() {
+        return Err(format!("staging files left in the table: {staging:?}").into());
+    }
+    if !wait_until(30, || leftover_jobs(&cluster.shuffle).is_empty()) {
+        return Err(format!(
+            "shuffle data left behind: {:?}",
+            leftover_jobs(&cluster.shuffle)
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// `kill -9` of an executor running a stage's tasks: the coordinator
+/// declares it lost and runs its tasks on the other executor; the result
+/// is right, written once, and no shuffle data is left.
+fn executor_killed_mid_stage() -> Result<(), Failed> {
+    let data = crate::staged::tpch_dir()?;
+    let s = Scratch::new();
+    let out = s.path().join("totals");
+    let mut cluster = Cluster::start(&s)?;
+    let job = start_paused_job(&mut cluster, &data, &out)?;
+    cluster.executors[0].0.child.kill()?; // SIGKILL
+    cluster.executors[0].0.child.wait()?;
+    finish_job(&cluster, job)?;
+    let lost = metric(&cluster.http, "sluice_cluster_executors_lost_total");
+    if lost != Some(1) {
+        return Err(format!("the coordinator counted {lost:?} lost executors, not 1").into());
+    }
+    check_totals(&s, &cluster, &data, &out)
+}
+
+/// SIGTERM drains an executor: it takes no new task, hands back the
+/// attempts that do not finish within its drain timeout and exits 0; the
+/// job completes on the other executor and no executor counts as lost.
+fn sigterm_drains_executor() -> Result<(), Failed> {
+    let data = crate::staged::tpch_dir()?;
+    let s = Scratch::new();
+    let out = s.path().join("totals");
+    let mut cluster = Cluster::start(&s)?;
+    let job = start_paused_job(&mut cluster, &data, &out)?;
+    let pid = cluster.executors[0].0.child.id() as libc::pid_t;
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let mut status = None;
+    let exited = wait_until(60, || {
+        status = cluster.executors[0].0.child.try_wait().ok().flatten();
+        status.is_some()
+    });
+    if !exited || status.and_then(|s| s.code()) != Some(0) {
+        return Err(format!(
+            "the drained executor did not exit 0: {status:?}\n{}",
+            cluster.logs()
+        )
+        .into());
+    }
+    finish_job(&cluster, job)?;
+    let log = cluster.executors[0].0.log();
+    if !log.contains("handing the attempt back") {
+        return Err(format!("the executor handed nothing back\n{log}").into());
+    }
+    let lost = metric(&cluster.http, "sluice_cluster_executors_lost_total");
+    if lost != Some(0) {
+        return Err(format!("a drained executor counted as lost: {lost:?}").into());
+    }
+    check_totals(&s, &cluster, &data, &out)
+}
+
+/// A running `sluice shuffle-worker`: its process, Flight URL and HTTP URL.
+fn start_worker(
+    s: &Scratch,
+    store: &Path,
+    name: &str,
+    extra: &[&str],
+) -> Result<(Proc, String, String), Failed> {
+    let listen = s.path().join(format!("{name}.listen"));
+    let _ = std::fs::remove_file(&listen);
+    let stderr = s.path().join(format!("{name}.log"));
+    let mut c = s.sluice();
+    c.args([
+        "shuffle-worker",
+        "--bind",
+        "127.0.0.1:0",
+        "--http-bind",
+        "127.0.0.1:0",
+    ])
+    .arg("--store")
+    .arg(store)
+    .arg("--listen-file")
+    .arg(&listen)
+    .args(extra)
+    .env("RUST_LOG", "info")
+    .stdout(Stdio::null())
+    .stderr(std::fs::File::create(&stderr)?);
+    let proc = Proc {
+        name: name.to_string(),
+        child: c.spawn()?,
+        stderr,
+    };
+    let lines = read_listen(&listen, "the shuffle worker")
+        .map_err(|e| format!("{}\n{}", e.message().unwrap_or_default(), proc.log()))?;
+    let http = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("http="))
+        .ok_or("no http= line in the worker's listen file")?
+        .to_string();
+    Ok((
+        proc,
+        format!("http://{}", lines[0]),
+        format!("http://{http}"),
+    ))
+}
+
+/// Task output goes through a shuffle worker; the worker is killed with
+/// SIGKILL after the map stage committed. The sink stage, re-run on
+/// another executor, reads the committed output from the store and the job
+/// completes with the right result.
+fn shuffle_worker_killed_after_stage_commits() -> Result<(), Failed> {
+    let data = crate::staged::tpch_dir()?;
+    let s = Scratch::new();
+    let out = s.path().join("totals");
+    let shuffle = s.path().join("shuffle");
+    let (mut worker, worker_url, worker_http) = start_worker(&s, &shuffle, "worker", &[])?;
+    let mut cluster = Cluster::start_with(&s, &["--shuffle-worker", &worker_url])?;
+    // Executor 0 stalls in the sink stage (stage 1), after the map stage
+    // has committed through the worker.
+    cluster.add_executor(2, &[("SLUICE_TEST_FAULT", "stage=1,after=0,action=pause")])?;
+    let job = cluster.run_script("job.sql", &write_job(&data, &out))?;
+    let http = cluster.executors[0].1.clone();
+    let coordinator = cluster.http.clone();
+    if !wait_until(120, || {
+        metric(&coordinator, "sluice_staged_stages_total").unwrap_or(0) >= 1
+            && metric(&http, "sluice_staged_tasks_running").unwrap_or(0) >= 1
+    }) {
+        return Err(format!("the map stage never committed\n{}", cluster.logs()).into());
+    }
+    let through_worker = metric(&worker_http, "sluice_shuffle_bytes_written_total").unwrap_or(0);
+    if through_worker == 0 {
+        return Err(format!(
+            "no shuffle bytes went through the worker\n{}\n{}",
+            worker.log(),
+            cluster.logs()
+        )
+        .into());
+    }
+    worker.child.kill()?; // SIGKILL
+    worker.child.wait()?;
+    cluster.executors[0].0.child.kill()?;
+    cluster.executors[0].0.child.wait()?;
+    cluster.add_executor(2, &[])?;
+    finish_job(&cluster, job)?;
+    check_totals(&s, &cluster, &data, &out)
+}
+
+/// The coordinator, its executors and the shuffle worker are all killed
+/// with SIGKILL in the middle of a job. Once the job's lease has expired, a
+/// restarted worker's sweep removes every byte the job left.
+fn orphaned_shuffle_data_swept_after_restart() -> Result<(), Failed> {
+    let data = crate::staged::tpch_dir()?;
+    let s = Scratch::new();
+    let out = s.path().join("totals");
+    let shuffle = s.path().join("shuffle");
+    let (mut worker, worker_url, _) = start_worker(&s, &shuffle, "worker", &[])?;
+    let mut cluster = Cluster::start_with(
+        &s,
+        &["--shuffle-worker", &worker_url, "--job-lease-secs", "2"],
+    )?;
+    cluster.add_executor(2, &[("SLUICE_TEST_FAULT", "stage=1,after=0,action=pause")])?;
+    let mut job = cluster.run_script("job.sql", &write_job(&data, &out))?;
+    let http = cluster.executors[0].1.clone();
+    let coordinator = cluster.http.clone();
+    if !wait_until(120, || {
+        metric(&coordinator, "sluice_staged_stages_total").unwrap_or(0) >= 1
+            && metric(&http, "sluice_staged_tasks_running").unwrap_or(0) >= 1
+    }) {
+        return Err(format!("the map stage never committed\n{}", cluster.logs()).into());
+    }
+    cluster.coordinator.child.kill()?;
+    cluster.coordinator.child.wait()?;
+    for (p, _) in &mut cluster.executors {
+        p.child.kill()?;
+        p.child.wait()?;
+    }
+    worker.child.kill()?;
+    worker.child.wait()?;
+    let _ = job.kill();
+    let _ = job.wait();
+    let left = files_below(&shuffle.join("jobs"));
+    if !left.iter().any(|f| f.ends_with(".arrows")) {
+        return Err(format!("the killed job left no shuffle data to sweep: {left:?}").into());
+    }
+    let (_worker, _, _) = start_worker(&s, &shuffle, "worker2", &["--sweep-interval-secs", "1"])?;
+    if !wait_until(60, || files_below(&shuffle.join("jobs")).is_empty()) {
+        return Err(format!(
+            "orphaned shuffle files remain: {:?}",
+            files_below(&shuffle.join("jobs"))
+        )
+        .into());
+    }
+    Ok(())
+}
