@@ -219,6 +219,17 @@ pub(crate) struct TpchStagedArgs {
     /// Only these queries, comma-separated (`q10,q18`); all 22 by default.
     #[arg(long)]
     pub(crate) queries: Option<String>,
+
+    /// Also run every query on a loopback cluster of real processes: a
+    /// coordinator, 2 executors (slots/2 each, so the cluster has the same
+    /// task slots) and a shuffle worker, over Flight SQL.
+    #[arg(long)]
+    pub(crate) cluster: bool,
+
+    /// The `sluice` binary of the cluster (default: `sluice` next to this
+    /// program).
+    #[arg(long, env = "SLUICE_BENCH_SLUICE")]
+    pub(crate) sluice: Option<PathBuf>,
 }
 
 /// `sluice-bench shuffle`.

@@ -3,6 +3,7 @@
 //! See `benchmarks/README.md`.
 
 mod cli;
+mod cluster;
 mod datagen;
 mod flight_load;
 mod j1;

@@ -86,27 +86,55 @@ pub(crate) fn run_tpch(args: &TpchStagedArgs) -> Result<bool> {
         for sql in &setup {
             sluice(&session, sql).await?;
         }
+        let mut cluster = match args.cluster {
+            true => {
+                let mut c = crate::cluster::LoopbackCluster::start(
+                    args.sluice.as_ref(),
+                    args.slots,
+                    args.partitions,
+                )
+                .await?;
+                for ddl in tpch::create_tables_sql(&data) {
+                    c.run(&ddl).await?;
+                }
+                Some(c)
+            }
+            false => None,
+        };
         println!(
-            "TPC-H SF{} from {}: {} runs, median per query; target_partitions={}, task slots={}",
+            "TPC-H SF{} from {}: {} runs, median per query; target_partitions={}, task slots={}{}",
             args.scale_factor,
             data.display(),
             args.runs,
             args.partitions,
-            args.slots
+            args.slots,
+            if cluster.is_some() {
+                "; cluster: coordinator, 2 executors, shuffle worker (loopback processes)"
+            } else {
+                ""
+            }
         );
         println!(
-            "{:<6} {:>14} {:>14} {:>14} {:>8} {:>8}",
-            "query", "datafusion s", "in-process s", "staged s", "in-proc", "staged"
+            "{:<6} {:>14} {:>14} {:>14} {:>14} {:>8} {:>8} {:>8} {:>10}",
+            "query",
+            "datafusion s",
+            "in-process s",
+            "staged s",
+            "cluster s",
+            "in-proc",
+            "staged",
+            "cluster",
+            "cl/staged"
         );
         let only: Option<Vec<&str>> = args.queries.as_deref().map(|q| q.split(',').collect());
-        let (mut total_df, mut total_direct, mut total_staged) =
-            (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+        let (mut total_df, mut total_direct, mut total_staged, mut total_cluster) =
+            (Duration::ZERO, Duration::ZERO, Duration::ZERO, Duration::ZERO);
         let mut ok = true;
         for (name, sql) in tpch::QUERIES {
             if only.as_ref().is_some_and(|o| !o.contains(&name)) {
                 continue;
             }
-            let (mut df, mut dr, mut st) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut df, mut dr, mut st, mut cl) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             for _ in 0..args.runs {
                 let t = Instant::now();
                 let expected = ctx.sql(sql).await?.collect().await?;
@@ -131,31 +159,54 @@ pub(crate) fn run_tpch(args: &TpchStagedArgs) -> Result<bool> {
                     eprintln!("{name}: results differ: {e}");
                     ok = false;
                 }
+                if let Some(c) = cluster.as_mut() {
+                    let t = Instant::now();
+                    let rows = c.run(sql).await?;
+                    cl.push(t.elapsed());
+                    if let Err(e) = tpch::compare_results(&expected, &rows) {
+                        eprintln!("{name}: cluster results differ: {e}");
+                        ok = false;
+                    }
+                }
             }
             let (df, dr, st) = (median(df), median(dr), median(st));
+            let cl = if cl.is_empty() { None } else { Some(median(cl)) };
             total_df += df;
             total_direct += dr;
             total_staged += st;
-            println!(
-                "{name:<6} {:>14.3} {:>14.3} {:>14.3} {:>7.2}x {:>7.2}x",
-                df.as_secs_f64(),
-                dr.as_secs_f64(),
-                st.as_secs_f64(),
-                dr.as_secs_f64() / df.as_secs_f64(),
-                st.as_secs_f64() / df.as_secs_f64()
-            );
+            total_cluster += cl.unwrap_or_default();
+            print_row(name, df, dr, st, cl);
         }
-        println!(
-            "{:<6} {:>14.3} {:>14.3} {:>14.3} {:>7.2}x {:>7.2}x   (ratios against DataFusion; staged target: at most 1.5x, goal 1.3x)",
+        print_row(
             "total",
-            total_df.as_secs_f64(),
-            total_direct.as_secs_f64(),
-            total_staged.as_secs_f64(),
-            total_direct.as_secs_f64() / total_df.as_secs_f64(),
-            total_staged.as_secs_f64() / total_df.as_secs_f64()
+            total_df,
+            total_direct,
+            total_staged,
+            cluster.as_ref().map(|_| total_cluster),
         );
+        println!("(ratios against DataFusion; staged target: at most 1.5x, goal 1.3x; cl/staged: cluster against staged embedded)");
         Ok(ok)
     })
+}
+
+fn print_row(name: &str, df: Duration, dr: Duration, st: Duration, cl: Option<Duration>) {
+    let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
+    let (cl_s, cl_r, cl_st) = match cl {
+        Some(c) => (
+            format!("{:.3}", c.as_secs_f64()),
+            format!("{:.2}x", ratio(c, df)),
+            format!("{:.2}x", ratio(c, st)),
+        ),
+        None => ("-".into(), "-".into(), "-".into()),
+    };
+    println!(
+        "{name:<6} {:>14.3} {:>14.3} {:>14.3} {cl_s:>14} {:>7.2}x {:>7.2}x {cl_r:>8} {cl_st:>10}",
+        df.as_secs_f64(),
+        dr.as_secs_f64(),
+        st.as_secs_f64(),
+        ratio(dr, df),
+        ratio(st, df),
+    );
 }
 
 async fn sluice(session: &EmbeddedSession, sql: &str) -> Result<Executed> {

@@ -235,13 +235,16 @@ fn leftover_jobs(shuffle: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// The 22 TPC-H queries at SF 0.1 over Flight SQL on 1 coordinator and
-/// 2 executors match DataFusion alone; both executors ran tasks; no
-/// shuffle data is left.
+/// The 22 TPC-H queries at SF 0.1 over Flight SQL on 1 coordinator,
+/// 2 executors and 1 shuffle worker match DataFusion alone; task output
+/// went through the worker; both executors ran tasks; no shuffle data is
+/// left.
 fn tpch_matches_datafusion() -> Result<(), Failed> {
     let data = crate::staged::tpch_dir()?;
     let s = Scratch::new();
-    let mut cluster = Cluster::start(&s)?;
+    let (worker, worker_url, worker_http) =
+        start_worker(&s, &s.path().join("shuffle"), "worker", &[])?;
+    let mut cluster = Cluster::start_with(&s, &["--shuffle-worker", &worker_url])?;
     cluster.add_executor(2, &[])?;
     cluster.add_executor(2, &[])?;
     let result = runtime().block_on(async {
@@ -282,6 +285,11 @@ fn tpch_matches_datafusion() -> Result<(), Failed> {
         format!("{}\n{}", e.message().unwrap_or_default(), cluster.logs()).into()
     };
     result.map_err(with_logs)?;
+    if metric(&worker_http, "sluice_shuffle_bytes_written_total").unwrap_or(0) == 0 {
+        return Err(with_logs(
+            format!("no shuffle bytes went through the worker\n{}", worker.log()).into(),
+        ));
+    }
     for (i, (_, http)) in cluster.executors.iter().enumerate() {
         let got = metric(http, "sluice_executor_tasks_received_total").unwrap_or(0);
         if got == 0 {
