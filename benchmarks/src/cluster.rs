@@ -121,7 +121,11 @@ impl LoopbackCluster {
                 "coordinator.listen",
             ],
         )?;
-        let c = wait_for(&d.join("coordinator.listen"), "the coordinator", &mut coordinator);
+        let c = wait_for(
+            &d.join("coordinator.listen"),
+            "the coordinator",
+            &mut coordinator,
+        );
         children.push(coordinator);
         let c = c?;
         let sql = format!("http://{}", c[0]);

@@ -22,6 +22,7 @@ use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::prelude::SessionConfig;
+use futures::FutureExt;
 use sluice_connectors::{ConnectorFactory, SecretResolver, StoreRegistry};
 use sluice_planner::codec::{ExecutorRegistries, decode_stage_plan};
 use sluice_shuffle::AttemptId;
@@ -405,7 +406,12 @@ fn start_task(env: &TaskEnv, shared: &Arc<Shared>, task: TaskAssignment) {
         counters.attempts.fetch_add(1, Ordering::Relaxed);
         counters.running.fetch_add(1, Ordering::Relaxed);
         let _running = RunningGuard(counters);
-        let result = run_task(&env2, &task).await;
+        // A panic in the plan fails the attempt instead of leaving its
+        // slot taken and the coordinator waiting.
+        let result = std::panic::AssertUnwindSafe(run_task(&env2, &task))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|_| Err(format!("the attempt panicked on executor {}", shared2.id)));
         let (outcome, rows_read) = match result {
             Ok(r) => r,
             Err(message) => {

@@ -6,8 +6,8 @@
 //! - Heartbeats are long polls: an executor with free slots waits at the
 //!   coordinator up to one heartbeat interval for work, so a task starts
 //!   as soon as it is queued.
-//! - Tasks are balanced: one heartbeat takes at most its share of the
-//!   queue (queued tasks over live executors, rounded up).
+//! - Tasks are balanced: one heartbeat takes at most its executor's share
+//!   of the queued and running attempts, less what it already runs.
 //! - Attempts whose job stopped waiting (the job failed or was cancelled)
 //!   are cancelled on the executor's next heartbeat.
 
@@ -219,6 +219,23 @@ impl ClusterScheduler {
         };
         entry.last_seen = Instant::now();
         entry.draining = hb.draining;
+        // An attempt given to this executor that it no longer lists has
+        // ended; its report arrives before the executor forgets it, so a
+        // missing report was lost: fail the attempt rather than wait.
+        let vanished: Vec<AttemptId> = state
+            .running
+            .iter()
+            .filter(|(id, r)| r.executor == hb.executor_id && !hb.running.contains(id))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in vanished {
+            let run = state.running.remove(&id).expect("present");
+            self.counters.orphaned.fetch_add(1, Ordering::Relaxed);
+            let _ = run.reply.send(Err(format!(
+                "executor {} stopped running {id} without a report",
+                hb.executor_id
+            )));
+        }
         // Attempts this executor runs that no job waits for any more.
         for id in &hb.running {
             let abandoned = match state.running.get(id) {
@@ -240,7 +257,12 @@ impl ClusterScheduler {
             return reply;
         }
         state.queue.retain(|q| !q.reply.is_closed());
-        let share = state.queue.len().div_ceil(live.max(1)).max(1);
+        // Spread the work: this executor's share of all queued and running
+        // attempts, less what it runs already (at least one task, so a
+        // free slot never idles while tasks wait).
+        let mine = hb.running.len();
+        let fair = (state.queue.len() + state.running.len()).div_ceil(live.max(1));
+        let share = fair.saturating_sub(mine).max(1);
         let take = (hb.free_slots as usize).min(share);
         for _ in 0..take {
             let Some(q) = state.queue.pop_front() else {
@@ -611,5 +633,160 @@ impl FlightService for ClusterService {
             })
         });
         Ok(Response::new(Box::pin(futures::stream::iter(actions))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::protocol::OutputKind;
+
+    fn scheduler(dir: &std::path::Path, lost_after_ms: u64) -> Arc<ClusterScheduler> {
+        let store = ShuffleStore::local(dir).unwrap();
+        ClusterScheduler::start(
+            dir.display().to_string(),
+            store,
+            Liveness {
+                heartbeat: Duration::from_millis(50),
+                lost_after: Duration::from_millis(lost_after_ms),
+                executor_wait: Duration::from_secs(60),
+                job_lease: Duration::from_secs(60),
+            },
+        )
+    }
+
+    fn register(s: &ClusterScheduler, id: &str, slots: u32) {
+        s.register(Register {
+            protocol_version: CLUSTER_PROTOCOL_VERSION,
+            executor_id: id.into(),
+            slots,
+            http: None,
+        })
+        .unwrap();
+    }
+
+    fn heartbeat(id: &str, free: u32, running: Vec<AttemptId>) -> Heartbeat {
+        Heartbeat {
+            protocol_version: CLUSTER_PROTOCOL_VERSION,
+            executor_id: id.into(),
+            free_slots: free,
+            running,
+            draining: false,
+        }
+    }
+
+    fn task(n: u32) -> TaskAssignment {
+        TaskAssignment {
+            attempt: AttemptId {
+                job: "j".into(),
+                stage: 0,
+                task: n,
+                attempt: 0,
+            },
+            output: OutputKind::Shuffle,
+            plan: String::new(),
+            config: Default::default(),
+        }
+    }
+
+    /// Queues `n` tasks; returns their pending outcomes.
+    fn submit(s: &Arc<ClusterScheduler>, n: u32) -> Vec<tokio::task::JoinHandle<AttemptResult>> {
+        (0..n)
+            .map(|i| {
+                let s = Arc::clone(s);
+                tokio::spawn(async move { s.run(task(i)).await })
+            })
+            .collect()
+    }
+
+    async fn queued(s: &ClusterScheduler, n: usize) {
+        while s.state.lock().unwrap().queue.len() < n {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_heartbeat_takes_its_share_of_the_queue() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = scheduler(dir.path(), 10_000);
+        register(&s, "a", 4);
+        register(&s, "b", 4);
+        let _pending = submit(&s, 4);
+        queued(&s, 4).await;
+        let a = s.heartbeat(heartbeat("a", 4, vec![])).await.unwrap();
+        let b = s.heartbeat(heartbeat("b", 4, vec![])).await.unwrap();
+        assert_eq!((a.tasks.len(), b.tasks.len()), (2, 2));
+    }
+
+    #[tokio::test]
+    async fn a_silent_executor_is_lost_and_its_attempts_fail() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = scheduler(dir.path(), 200);
+        register(&s, "a", 1);
+        let pending = submit(&s, 1);
+        queued(&s, 1).await;
+        let got = s.heartbeat(heartbeat("a", 1, vec![])).await.unwrap();
+        assert_eq!(got.tasks.len(), 1);
+        // No further heartbeat: the monitor declares the executor lost.
+        let err = pending
+            .into_iter()
+            .next()
+            .unwrap()
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(err.contains("executor a was lost"), "{err}");
+        assert_eq!(s.counters().lost.load(Ordering::Relaxed), 1);
+        let again = s.heartbeat(heartbeat("a", 1, vec![])).await.unwrap();
+        assert!(again.unknown_executor);
+    }
+
+    #[tokio::test]
+    async fn reports_complete_attempts_and_unlisted_attempts_fail() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = scheduler(dir.path(), 10_000);
+        register(&s, "a", 2);
+        let mut pending = submit(&s, 2);
+        queued(&s, 2).await;
+        let got = s.heartbeat(heartbeat("a", 2, vec![])).await.unwrap();
+        let ids: Vec<AttemptId> = got.tasks.iter().map(|t| t.attempt.clone()).collect();
+        assert_eq!(ids.len(), 2);
+        s.report(Report {
+            protocol_version: CLUSTER_PROTOCOL_VERSION,
+            executor_id: "a".into(),
+            attempt: ids[0].clone(),
+            outcome: Outcome::Sink { messages: vec![] },
+            rows_read: 7,
+        })
+        .unwrap();
+        // The second attempt is not listed any more, with no report.
+        s.heartbeat(heartbeat("a", 2, vec![])).await.unwrap();
+        let second = pending.pop().unwrap().await.unwrap();
+        let first = pending.pop().unwrap().await.unwrap();
+        let (done, failed) = if ids[0].task == 0 {
+            (first, second)
+        } else {
+            (second, first)
+        };
+        assert!(matches!(done, Ok((Outcome::Sink { .. }, 7))));
+        assert!(failed.unwrap_err().contains("without a report"));
+    }
+
+    #[tokio::test]
+    async fn another_protocol_version_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = scheduler(dir.path(), 10_000);
+        let err = s
+            .register(Register {
+                protocol_version: CLUSTER_PROTOCOL_VERSION + 1,
+                executor_id: "a".into(),
+                slots: 1,
+                http: None,
+            })
+            .unwrap_err();
+        assert!(
+            err.contains("version") && err.contains("same Sluice release"),
+            "{err}"
+        );
     }
 }
