@@ -62,3 +62,12 @@ pub(crate) fn write_listen_file(path: &std::path::Path, text: &str) -> Result<()
         .and_then(|_| std::fs::rename(&tmp, path))
         .map_err(|e| format!("--listen-file {}: {e}", path.display()))
 }
+
+/// Appends one sample with its `HELP` and `TYPE` lines (Prometheus text
+/// format; a metrics registry crate would add little over these counters).
+pub(crate) fn write_metric(out: &mut String, name: &str, help: &str, kind: &str, value: u64) {
+    use std::fmt::Write;
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    let _ = writeln!(out, "{name} {value}");
+}

@@ -116,7 +116,6 @@ impl StagedCounters {
 
     /// Appends staged execution and shuffle metrics in Prometheus text format.
     pub fn render(&self, out: &mut String) {
-        use std::fmt::Write;
         let rows: [(&str, &str, &str, &AtomicU64); 6] = [
             (
                 "sluice_staged_jobs_total",
@@ -156,9 +155,7 @@ impl StagedCounters {
             ),
         ];
         for (name, help, kind, v) in rows {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} {kind}");
-            let _ = writeln!(out, "{name} {}", v.load(Ordering::Relaxed));
+            crate::http::write_metric(out, name, help, kind, v.load(Ordering::Relaxed));
         }
         sluice_shuffle::shuffle_metrics().render(out);
     }

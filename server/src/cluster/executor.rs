@@ -496,7 +496,6 @@ async fn run_task(env: &TaskEnv, task: &TaskAssignment) -> Result<(Outcome, u64)
 }
 
 fn render(shared: &Shared) -> String {
-    use std::fmt::Write;
     let mut out = String::new();
     let c = &shared.counters;
     let rows: [(&str, &str, &str, u64); 6] = [
@@ -538,9 +537,7 @@ fn render(shared: &Shared) -> String {
         ),
     ];
     for (name, help, kind, v) in rows {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
-        let _ = writeln!(out, "{name} {v}");
+        crate::http::write_metric(&mut out, name, help, kind, v);
     }
     StagedCounters::global().render(&mut out);
     out

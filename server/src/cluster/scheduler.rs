@@ -394,7 +394,6 @@ impl ClusterScheduler {
 
     /// Appends the scheduler's metrics in Prometheus text format.
     pub fn render(&self, out: &mut String) {
-        use std::fmt::Write;
         let (live, draining, queued, running) = {
             let state = self.state.lock().expect("scheduler lock");
             let draining = state.executors.values().filter(|e| e.draining).count();
@@ -457,9 +456,7 @@ impl ClusterScheduler {
             ),
         ];
         for (name, help, kind, v) in rows {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} {kind}");
-            let _ = writeln!(out, "{name} {v}");
+            crate::http::write_metric(out, name, help, kind, v);
         }
     }
 

@@ -14,6 +14,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use sluice_server::engine::FlightEngineFactory;
 use sluice_sql_tests::{EngineFactory, EngineOutput, Failed, FileContext, Trial, tpch};
 
+use crate::staged::leftover_jobs;
 use crate::support::{Scratch, check, files_below, stdout, wait_until};
 
 pub(crate) fn trials() -> Vec<Trial> {
@@ -222,17 +223,6 @@ fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("tokio runtime")
-}
-
-/// Job directories left in the shuffle store.
-fn leftover_jobs(shuffle: &Path) -> Vec<String> {
-    std::fs::read_dir(shuffle.join("jobs"))
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// The 22 TPC-H queries at SF 0.1 over Flight SQL on 1 coordinator,

@@ -108,7 +108,7 @@ async fn rows_of(executed: Executed) -> Result<Vec<RecordBatch>, Failed> {
 }
 
 /// Job directories left in the shuffle store.
-fn leftover_jobs(shuffle: &Path) -> Vec<String> {
+pub(crate) fn leftover_jobs(shuffle: &Path) -> Vec<String> {
     std::fs::read_dir(shuffle.join("jobs"))
         .map(|d| {
             d.flatten()
