@@ -28,4 +28,4 @@ pub use sink::{
     CommitMessage, CommitOutcome, JobCommit, PreparedCommit, Revocable, Sink, SinkDescriptor,
     SinkExec, SinkWriter, WriteMode,
 };
-pub use store::StoreRegistry;
+pub use store::{StoreDeclaration, StoreRegistry};

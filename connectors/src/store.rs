@@ -61,12 +61,25 @@ impl Location {
     }
 }
 
+/// How a registered object store was declared: what another process (a
+/// cluster executor) needs to build and register the same store. Secrets
+/// stay `secret('NAME')`, resolved by the process that connects.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StoreDeclaration {
+    /// A location in the store.
+    pub location: String,
+    /// The table options it was built with.
+    pub options: TableOptions,
+}
+
 /// Builds, caches and registers object stores.
 #[derive(Debug)]
 pub struct StoreRegistry {
     runtime: Arc<RuntimeEnv>,
     secrets: SecretResolver,
     stores: Mutex<HashMap<String, Arc<dyn ObjectStore>>>,
+    /// Declarations of the stores on other hosts than this one's disk.
+    declared: Mutex<std::collections::BTreeMap<String, StoreDeclaration>>,
 }
 
 impl StoreRegistry {
@@ -76,7 +89,19 @@ impl StoreRegistry {
             runtime,
             secrets,
             stores: Mutex::new(HashMap::new()),
+            declared: Mutex::default(),
         }
+    }
+
+    /// How every registered store other than the local file system and
+    /// memory was declared, so another process can register the same.
+    pub fn declarations(&self) -> Vec<StoreDeclaration> {
+        self.declared
+            .lock()
+            .expect("store registry poisoned")
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// The secret resolver used when connecting.
@@ -118,6 +143,15 @@ impl StoreRegistry {
                 None => {
                     let s = self.build_store(location, &url, &scheme, &host, options)?;
                     stores.insert(key.clone(), Arc::clone(&s));
+                    if !matches!(scheme.as_str(), "file" | "memory") {
+                        self.declared.lock().expect("store registry poisoned").insert(
+                            key.clone(),
+                            StoreDeclaration {
+                                location: location.to_string(),
+                                options: options.clone(),
+                            },
+                        );
+                    }
                     self.runtime
                         .register_object_store(store_url.as_ref(), Arc::clone(&s));
                     s

@@ -131,7 +131,11 @@ impl EmbeddedSession {
         }
         if let Some(cluster) = &self.cluster {
             return Ok(Some(
-                StagedRuntime::for_cluster(&options, Arc::clone(cluster))
+                StagedRuntime::for_cluster(
+                    &options,
+                    Arc::clone(cluster),
+                    Arc::clone(self.session.connectors().stores()),
+                )
                     .map_err(PlannerError::from)?,
             ));
         }

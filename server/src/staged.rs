@@ -39,7 +39,7 @@ use datafusion::physical_plan::{
 };
 use futures::{Stream, StreamExt};
 use sluice_connectors::sink::decode_commit_messages;
-use sluice_connectors::{CommitMessage, ConnectorFactory};
+use sluice_connectors::{CommitMessage, ConnectorFactory, StoreRegistry};
 use sluice_planner::SluiceOptions;
 use sluice_planner::codec::{
     ExecutorRegistries, decode_stage_plan, encode_stage_plan, executor_task_context,
@@ -78,6 +78,8 @@ pub struct StagedRuntime {
     wire: Option<Arc<ExecutorRegistries>>,
     /// When set, tasks run on the cluster's executors.
     cluster: Option<Arc<ClusterScheduler>>,
+    /// The planning session's object stores, declared to executors.
+    stores: Option<Arc<StoreRegistry>>,
     /// How long a job's shuffle lease lasts unrenewed.
     lease: Duration,
 }
@@ -195,6 +197,7 @@ impl StagedRuntime {
             counters: StagedCounters::global(),
             wire: None,
             cluster: None,
+            stores: None,
             lease: LEASE,
         })
     }
@@ -202,7 +205,11 @@ impl StagedRuntime {
     /// The runtime of a coordinator: tasks run on `cluster`'s executors,
     /// through its shuffle store; stages are cut for the slots the live
     /// executors offer now.
-    pub fn for_cluster(options: &SluiceOptions, cluster: Arc<ClusterScheduler>) -> Result<Self> {
+    pub fn for_cluster(
+        options: &SluiceOptions,
+        cluster: Arc<ClusterScheduler>,
+        stores: Arc<StoreRegistry>,
+    ) -> Result<Self> {
         let compression: ShuffleCompression = options.shuffle_compression.parse()?;
         Ok(Self {
             store: cluster.store().clone(),
@@ -216,6 +223,7 @@ impl StagedRuntime {
             wire: None,
             lease: cluster.job_lease(),
             cluster: Some(cluster),
+            stores: Some(stores),
         })
     }
 
@@ -668,6 +676,12 @@ impl TaskRunner {
             output,
             plan: b64(&encode_stage_plan(instance)?),
             config: datafusion_settings(&self.ctx),
+            stores: self
+                .runtime
+                .stores
+                .as_ref()
+                .map(|s| s.declarations())
+                .unwrap_or_default(),
         };
         let (outcome, rows_read) = cluster
             .run(task)

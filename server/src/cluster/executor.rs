@@ -476,6 +476,12 @@ async fn run_task(env: &TaskEnv, task: &TaskAssignment) -> Result<(Outcome, u64)
         .with_default_features()
         .build();
     let ctx = state.task_ctx();
+    let stores = env.registries.connectors.stores();
+    for d in &task.stores {
+        stores
+            .resolve(&d.location, &d.options)
+            .map_err(|e| format!("the object store of {}: {e}", d.location))?;
+    }
     let instance = decode_stage_plan(&plan, &ctx, &env.registries).map_err(fail)?;
     let result = execute_attempt(
         instance,

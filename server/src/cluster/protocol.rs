@@ -20,7 +20,7 @@ use arrow_flight::Action;
 use arrow_flight::flight_service_client::FlightServiceClient;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
-use sluice_connectors::CommitMessage;
+use sluice_connectors::{CommitMessage, StoreDeclaration};
 use sluice_shuffle::AttemptId;
 use tonic::transport::Channel;
 
@@ -102,6 +102,10 @@ pub(crate) struct TaskAssignment {
     pub plan: String,
     /// The session's DataFusion settings (`datafusion.*`).
     pub config: BTreeMap<String, String>,
+    /// Object stores the plan may read, as declared: the executor builds
+    /// and registers them (resolving secrets itself) before decoding.
+    #[serde(default)]
+    pub stores: Vec<StoreDeclaration>,
 }
 
 /// `cluster.report`.

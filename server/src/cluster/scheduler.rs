@@ -683,6 +683,7 @@ mod tests {
             output: OutputKind::Shuffle,
             plan: String::new(),
             config: Default::default(),
+            stores: vec![],
         }
     }
 

@@ -39,6 +39,10 @@ pub(crate) fn trials() -> Vec<Trial> {
             "cluster::orphaned_shuffle_data_swept_after_restart",
             orphaned_shuffle_data_swept_after_restart,
         ),
+        Trial::test(
+            "cluster::s3_tables_with_secret_options_on_executors",
+            s3_tables_on_executors,
+        ),
     ]
 }
 
@@ -78,6 +82,8 @@ struct Cluster<'a> {
     http: String,
     shuffle: PathBuf,
     executors: Vec<(Proc, String)>,
+    /// Executors started so far (names their files).
+    started: usize,
 }
 
 fn read_listen(path: &Path, what: &str) -> Result<Vec<String>, Failed> {
@@ -97,6 +103,15 @@ impl<'a> Cluster<'a> {
 
     /// A coordinator with extra flags.
     fn start_with(scratch: &'a Scratch, extra: &[&str]) -> Result<Self, Failed> {
+        Self::start_env(scratch, extra, &[])
+    }
+
+    /// A coordinator with extra flags and environment.
+    fn start_env(
+        scratch: &'a Scratch,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self, Failed> {
         let listen = scratch.path().join("coordinator.listen");
         let shuffle = scratch.path().join("shuffle");
         let stderr = scratch.path().join("coordinator.log");
@@ -126,6 +141,7 @@ impl<'a> Cluster<'a> {
         .arg(&listen)
         .args(extra)
         .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&stderr)?);
         let coordinator = Proc {
@@ -150,13 +166,15 @@ impl<'a> Cluster<'a> {
             coordinator,
             shuffle,
             executors: vec![],
+            started: 0,
         })
     }
 
-    /// Starts an executor with `slots` and extra environment; returns its
-    /// index once it is registered (its listen file is written then).
-    fn add_executor(&mut self, slots: u32, env: &[(&str, &str)]) -> Result<usize, Failed> {
-        let n = self.executors.len();
+    /// Starts an executor with `slots` and extra environment; returns once
+    /// it is registered (its listen file is written then).
+    fn add_executor(&mut self, slots: u32, env: &[(&str, &str)]) -> Result<(), Failed> {
+        let n = self.started;
+        self.started += 1;
         let listen = self.scratch.path().join(format!("executor{n}.listen"));
         let stderr = self.scratch.path().join(format!("executor{n}.log"));
         let mut c = self.scratch.sluice();
@@ -185,7 +203,7 @@ impl<'a> Cluster<'a> {
             .map_err(|e| format!("{}\n{}", e.message().unwrap_or_default(), proc.log()))?;
         self.executors
             .push((proc, format!("http://{}", lines[0].trim())));
-        Ok(n)
+        Ok(())
     }
 
     fn logs(&self) -> String {
@@ -620,6 +638,88 @@ fn orphaned_shuffle_data_swept_after_restart() -> Result<(), Failed> {
         return Err(format!(
             "orphaned shuffle files remain: {:?}",
             files_below(&shuffle.join("jobs"))
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// A table on S3 declared with its own endpoint and a `secret()` key:
+/// executors write it (the sink) and read it back (the scan) with the
+/// store declaration the coordinator sends, each resolving the secret from
+/// its own environment; no process has AWS_* settings.
+fn s3_tables_on_executors() -> Result<(), Failed> {
+    let server = crate::s3::start_s3()?;
+    let data = crate::staged::tpch_dir()?;
+    let s = Scratch::new();
+    let secret = [("SLUICE_SECRET_LAKE_KEY", "test")];
+    let mut cluster = Cluster::start_env(&s, &[], &secret)?;
+    cluster.add_executor(2, &secret)?;
+    cluster.add_executor(2, &secret)?;
+    let orders = tpch::create_tables_sql(&data)
+        .into_iter()
+        .find(|d| d.contains(" orders "))
+        .ok_or("no orders table")?;
+    let write = format!(
+        "{orders};\n\
+         CREATE TABLE lake_orders (k BIGINT, status VARCHAR) WITH ('connector' = 'filesystem', \
+         'path' = 's3://lake/orders/', 'format' = 'parquet', 'aws.endpoint' = '{}', \
+         'aws.allow_http' = 'true', 'aws.region' = 'us-east-1', 'aws.access_key_id' = 'test', \
+         'aws.secret_access_key' = secret('LAKE_KEY'));\n\
+         INSERT INTO lake_orders SELECT o_orderkey, o_orderstatus FROM orders;\n",
+        server.endpoint
+    );
+    let sql_url = cluster.sql.clone();
+    let run = |name: &str, sql: &str| {
+        let path = s.write(name, sql);
+        let mut c = s.sluice();
+        c.args(["run", "--quiet", "--format", "csv", "--server", &sql_url])
+            .arg(&path);
+        crate::support::run_command(c, None)
+    };
+    let o = run("write.sql", &write);
+    check(o.status.code() == Some(0), &format!("the write failed\n{}", cluster.logs()), &o)?;
+    // Fresh executors, which have not opened the store for the sink: the
+    // scan finds it only through the declaration sent with the task.
+    for (p, _) in &mut cluster.executors {
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(p.child.id() as libc::pid_t, libc::SIGTERM) };
+        p.child.wait()?;
+    }
+    cluster.executors.clear();
+    cluster.add_executor(2, &secret)?;
+    cluster.add_executor(2, &secret)?;
+    let o = run(
+        "read.sql",
+        "SELECT status, count(*) AS n, sum(k) AS s FROM lake_orders GROUP BY status ORDER BY status;\n",
+    );
+    if o.status.code() != Some(0) {
+        return Err(format!(
+            "the read failed\n--- stdout\n{}\n--- stderr\n{}\n{}",
+            stdout(&o),
+            crate::support::stderr(&o),
+            cluster.logs()
+        )
+        .into());
+    }
+    let expected = runtime().block_on(async {
+        let ctx = SessionContext::new();
+        ctx.sql(&orders).await?.collect().await?;
+        let b = ctx
+            .sql(
+                "SELECT o_orderstatus, count(*), sum(o_orderkey) FROM orders \
+                 GROUP BY o_orderstatus ORDER BY o_orderstatus",
+            )
+            .await?
+            .collect()
+            .await?;
+        Ok::<_, Failed>(csv_lines(&b))
+    })?;
+    let actual: Vec<String> = stdout(&o).lines().skip(1).map(str::to_string).collect();
+    if actual != expected {
+        return Err(format!(
+            "read back from S3 through the cluster:\n{actual:?}\nexpected {expected:?}\n{}",
+            cluster.logs()
         )
         .into());
     }

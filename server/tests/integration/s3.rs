@@ -44,9 +44,9 @@ fn shuffle_worker_on_s3() -> Result<(), Failed> {
 }
 
 /// A moto S3 server on a free loopback port, killed on drop.
-struct S3Server {
+pub(crate) struct S3Server {
     child: Child,
-    endpoint: String,
+    pub(crate) endpoint: String,
 }
 
 impl Drop for S3Server {
@@ -70,7 +70,7 @@ fn venv() -> Result<PathBuf, Failed> {
     Ok(dir)
 }
 
-fn start_s3() -> Result<S3Server, Failed> {
+pub(crate) fn start_s3() -> Result<S3Server, Failed> {
     let venv = venv()?;
     let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let child = Command::new(venv.join("bin/moto_server"))
