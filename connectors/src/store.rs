@@ -144,13 +144,16 @@ impl StoreRegistry {
                     let s = self.build_store(location, &url, &scheme, &host, options)?;
                     stores.insert(key.clone(), Arc::clone(&s));
                     if !matches!(scheme.as_str(), "file" | "memory") {
-                        self.declared.lock().expect("store registry poisoned").insert(
-                            key.clone(),
-                            StoreDeclaration {
-                                location: location.to_string(),
-                                options: options.clone(),
-                            },
-                        );
+                        self.declared
+                            .lock()
+                            .expect("store registry poisoned")
+                            .insert(
+                                key.clone(),
+                                StoreDeclaration {
+                                    location: location.to_string(),
+                                    options: options.clone(),
+                                },
+                            );
                     }
                     self.runtime
                         .register_object_store(store_url.as_ref(), Arc::clone(&s));

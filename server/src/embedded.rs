@@ -136,7 +136,7 @@ impl EmbeddedSession {
                     Arc::clone(cluster),
                     Arc::clone(self.session.connectors().stores()),
                 )
-                    .map_err(PlannerError::from)?,
+                .map_err(PlannerError::from)?,
             ));
         }
         let runtime = StagedRuntime::from_options(&options)

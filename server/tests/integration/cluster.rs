@@ -678,7 +678,11 @@ fn s3_tables_on_executors() -> Result<(), Failed> {
         crate::support::run_command(c, None)
     };
     let o = run("write.sql", &write);
-    check(o.status.code() == Some(0), &format!("the write failed\n{}", cluster.logs()), &o)?;
+    check(
+        o.status.code() == Some(0),
+        &format!("the write failed\n{}", cluster.logs()),
+        &o,
+    )?;
     // Fresh executors, which have not opened the store for the sink: the
     // scan finds it only through the declaration sent with the task.
     for (p, _) in &mut cluster.executors {
