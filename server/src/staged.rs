@@ -34,7 +34,7 @@ use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::scalar_subquery::ScalarSubqueryExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
-    DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties, collect_partitioned,
+    DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties, collect_partitioned, displayable,
     execute_stream,
 };
 use futures::{Stream, StreamExt};
@@ -48,8 +48,8 @@ use sluice_planner::stages::{
     Stage, StageGraph, StageOptions, StageOutput, TaskSpec, task_instance,
 };
 use sluice_shuffle::{
-    AttemptId, AttemptIndex, Commit, ShuffleCompression, ShuffleReaderExec, ShuffleStore,
-    WriterOptions,
+    AttemptId, AttemptIndex, Commit, JobRecord, LeaseHolder, ShuffleCompression,
+    ShuffleReaderExec, ShuffleStore, StageRecord, WriterOptions,
 };
 use tokio::sync::Semaphore;
 
@@ -82,6 +82,8 @@ pub struct StagedRuntime {
     stores: Option<Arc<StoreRegistry>>,
     /// How long a job's shuffle lease lasts unrenewed.
     lease: Duration,
+    /// The node named in job leases (see [`LeaseHolder::node`]).
+    node: Option<String>,
 }
 
 /// Counters of staged execution in this process, for `/metrics`.
@@ -199,6 +201,7 @@ impl StagedRuntime {
             cluster: None,
             stores: None,
             lease: LEASE,
+            node: None,
         })
     }
 
@@ -222,6 +225,7 @@ impl StagedRuntime {
             counters: StagedCounters::global(),
             wire: None,
             lease: cluster.job_lease(),
+            node: Some(cluster.node().to_string()),
             cluster: Some(cluster),
             stores: Some(stores),
         })
@@ -296,7 +300,7 @@ impl StagedRuntime {
             .resolve_scalar_subqueries(plan, Arc::clone(&ctx))
             .await?;
         let graph = self.stage_graph(plan, true)?;
-        let job = Job::start(self).await?;
+        let job = Job::start(self, &graph).await?;
         let inputs = match job.run_stages(&graph, &ctx, false).await {
             Ok(inputs) => inputs,
             Err(e) => {
@@ -340,7 +344,7 @@ impl StagedRuntime {
             .resolve_scalar_subqueries(plan, Arc::clone(&ctx))
             .await?;
         let graph = self.stage_graph(plan, false)?;
-        let job = Job::start(self).await?;
+        let job = Job::start(self, &graph).await?;
         let result = job.run_stages(&graph, &ctx, true).await;
         job.finish().await;
         let outcome = result?;
@@ -407,6 +411,31 @@ struct StagesOutcome {
     rows_read: u64,
 }
 
+/// What the shuffle store keeps of a job's stage graph.
+fn job_record(id: &str, holder: &LeaseHolder, graph: &StageGraph) -> JobRecord {
+    JobRecord {
+        format_version: sluice_shuffle::SHUFFLE_FORMAT_VERSION,
+        job: id.to_string(),
+        owner: holder.owner.clone(),
+        node: holder.node.clone(),
+        started_at: chrono::Utc::now(),
+        stages: graph
+            .stages
+            .iter()
+            .map(|s| StageRecord {
+                stage: s.id,
+                tasks: s.tasks as u32,
+                inputs: s.inputs.clone(),
+                partitions: match &s.output {
+                    StageOutput::Shuffle(o) => Some(o.partition_count() as u32),
+                    StageOutput::Result => None,
+                },
+                plan: displayable(s.plan.as_ref()).indent(false).to_string(),
+            })
+            .collect(),
+    }
+}
+
 /// One running job: its id, lease and shuffle data.
 struct Job {
     id: String,
@@ -421,20 +450,26 @@ impl fmt::Debug for Job {
 }
 
 impl Job {
-    async fn start(runtime: &StagedRuntime) -> Result<Self> {
+    /// Takes the job's lease and stores its record, then keeps the lease
+    /// renewed while the job lives.
+    async fn start(runtime: &StagedRuntime, graph: &StageGraph) -> Result<Self> {
         let id = uuid::Uuid::now_v7().to_string();
-        let owner = format!("pid {}", std::process::id());
+        let holder = LeaseHolder {
+            owner: format!("pid {}", std::process::id()),
+            node: runtime.node.clone(),
+        };
         let store = runtime.store.clone();
         let lease = runtime.lease;
         let expires =
             move || chrono::Utc::now() + chrono::Duration::from_std(lease).expect("lease fits");
-        store.write_lease(&id, &owner, expires()).await?;
+        store.write_lease(&id, &holder, expires()).await?;
+        store.write_job_record(&job_record(&id, &holder, graph)).await?;
         let lease = {
             let id = id.clone();
             SpawnedTask::spawn(async move {
                 loop {
                     tokio::time::sleep(lease / 5).await;
-                    if let Err(e) = store.write_lease(&id, &owner, expires()).await {
+                    if let Err(e) = store.write_lease(&id, &holder, expires()).await {
                         tracing::warn!(job = %id, error = %e, "could not renew the shuffle lease");
                     }
                 }

@@ -33,7 +33,9 @@ pub use format::{AttemptIndex, ShuffleCompression};
 pub use metrics::{ShuffleMetrics, shuffle_metrics};
 pub use reader::{ReadSpec, ShuffleReaderExec};
 pub use service::ShuffleService;
-pub use store::{AttemptId, Commit, ShuffleStore};
+pub use store::{
+    AttemptId, Commit, JobRecord, LeaseHolder, ReclaimedJob, ShuffleStore, StageRecord,
+};
 pub use writer::{ShuffleOutput, ShuffleWriterExec, WriterOptions, writer_summary_schema};
 
 /// Version of the shuffle wire protocol (Flight `do_put` / `do_get`

@@ -5,6 +5,7 @@
 //!
 //! ```text
 //! jobs/<job>/lease.json                       who runs the job, until when
+//! jobs/<job>/job.json                         the job's stage graph
 //! jobs/<job>/s<stage>/t<task>/a<attempt>.arrows      data object (blocks)
 //! jobs/<job>/s<stage>/t<task>/a<attempt>.index.json  block index
 //! jobs/<job>/s<stage>/t<task>/winner.json     the one committed attempt
@@ -77,7 +78,71 @@ struct Lease {
     format_version: u32,
     job: String,
     owner: String,
+    /// The node that may reclaim the job after a restart, before the
+    /// lease expires (see [`ShuffleStore::reclaim_node`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    node: Option<String>,
     expires_at: DateTime<Utc>,
+}
+
+/// Who holds a job's lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseHolder {
+    /// The process, for people reading the store (`pid 42`).
+    pub owner: String,
+    /// A name that outlives the process: a coordinator's state location.
+    /// A process that restarts under the same node reclaims its jobs at
+    /// once instead of waiting for their leases to expire. `None` for
+    /// processes that share a store without a stable name (`sluice run`).
+    pub node: Option<String>,
+}
+
+/// A job's stage graph, stored beside its data when it starts, so that
+/// the store alone tells what a job was doing when its coordinator died.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRecord {
+    /// [`SHUFFLE_FORMAT_VERSION`].
+    pub format_version: u32,
+    /// Job id.
+    pub job: String,
+    /// The process that ran it.
+    pub owner: String,
+    /// Its node, as in its lease.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// When it started.
+    pub started_at: DateTime<Utc>,
+    /// Its stages, upstream first.
+    pub stages: Vec<StageRecord>,
+}
+
+/// One stage of a [`JobRecord`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageRecord {
+    /// Stage id.
+    pub stage: u32,
+    /// Number of tasks.
+    pub tasks: u32,
+    /// Stages it reads.
+    pub inputs: Vec<u32>,
+    /// Output partitions of a map stage; `None` for the result stage.
+    pub partitions: Option<u32>,
+    /// The stage plan, one operator per line.
+    pub plan: String,
+}
+
+/// A job reclaimed by [`ShuffleStore::reclaim_node`].
+#[derive(Debug, Clone)]
+pub struct ReclaimedJob {
+    /// Job id.
+    pub job: String,
+    /// Its record, when it had one.
+    pub record: Option<JobRecord>,
+    /// Committed tasks per stage (stage id, committed, tasks), from the
+    /// winner records, for stages of the record.
+    pub committed: Vec<(u32, u32, u32)>,
+    /// Objects removed.
+    pub objects: usize,
 }
 
 /// Handle on the store shuffle data is written to.
@@ -331,13 +396,14 @@ impl ShuffleStore {
     pub async fn write_lease(
         &self,
         job: &str,
-        owner: &str,
+        holder: &LeaseHolder,
         expires_at: DateTime<Utc>,
     ) -> Result<()> {
         let lease = Lease {
             format_version: SHUFFLE_FORMAT_VERSION,
             job: job.to_string(),
-            owner: owner.to_string(),
+            owner: holder.owner.clone(),
+            node: holder.node.clone(),
             expires_at,
         };
         let body = Bytes::from(serde_json::to_vec(&lease).expect("leases serialise"));
@@ -350,28 +416,107 @@ impl ShuffleStore {
         Ok(())
     }
 
-    /// Deletes the data of every job whose lease expired before `now`, or
-    /// that has no readable lease. Returns the jobs removed.
-    pub async fn sweep_expired(&self, now: DateTime<Utc>) -> Result<Vec<String>> {
+    /// Stores a job's record (its stage graph).
+    pub async fn write_job_record(&self, record: &JobRecord) -> Result<()> {
+        let body = Bytes::from(serde_json::to_vec_pretty(record).expect("records serialise"));
+        self.store
+            .put(
+                &Self::job_prefix(&record.job).join("job.json"),
+                PutPayload::from(body),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Reads a job's record; `None` when the job wrote none.
+    pub async fn read_job_record(&self, job: &str) -> Result<Option<JobRecord>> {
+        let path = Self::job_prefix(job).join("job.json");
+        let bytes = match self.store.get(&path).await {
+            Ok(r) => r.bytes().await?,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let record: JobRecord = serde_json::from_slice(&bytes)
+            .map_err(|e| ShuffleError::Corrupt(format!("bad job record {path}: {e}")))?;
+        if record.format_version != SHUFFLE_FORMAT_VERSION {
+            return Err(ShuffleError::Version {
+                what: "job record",
+                found: record.format_version,
+                supported: SHUFFLE_FORMAT_VERSION,
+            });
+        }
+        Ok(Some(record))
+    }
+
+    /// Number of tasks of a stage with a committed attempt.
+    pub async fn committed_tasks(&self, job: &str, stage: u32) -> Result<u32> {
+        let prefix = Path::from(format!("jobs/{job}/s{stage}"));
+        let n = self
+            .store
+            .list(Some(&prefix))
+            .try_filter(|m| futures::future::ready(m.location.filename() == Some("winner.json")))
+            .try_fold(0u32, |n, _| futures::future::ready(Ok(n + 1)))
+            .await?;
+        Ok(n)
+    }
+
+    /// Removes every job whose lease names `node`: called by a process
+    /// that starts under that node, before it starts jobs of its own, so
+    /// every such job belongs to an earlier life of it and can never
+    /// finish. Two live processes must not share a node.
+    pub async fn reclaim_node(&self, node: &str) -> Result<Vec<ReclaimedJob>> {
+        let mut reclaimed = Vec::new();
+        for (job, lease) in self.leases().await? {
+            if lease.and_then(|l| l.node).as_deref() != Some(node) {
+                continue;
+            }
+            let record = self.read_job_record(&job).await.unwrap_or_else(|e| {
+                tracing::warn!(job = %job, error = %e, "unreadable job record");
+                None
+            });
+            let mut committed = Vec::new();
+            for s in record.iter().flat_map(|r| &r.stages) {
+                committed.push((s.stage, self.committed_tasks(&job, s.stage).await?, s.tasks));
+            }
+            let objects = self.delete_job(&job).await?;
+            reclaimed.push(ReclaimedJob {
+                job,
+                record,
+                committed,
+                objects,
+            });
+        }
+        Ok(reclaimed)
+    }
+
+    /// Every job in the store with its lease (`None`: missing or
+    /// unreadable).
+    async fn leases(&self) -> Result<Vec<(String, Option<Lease>)>> {
         let listing = self
             .store
             .list_with_delimiter(Some(&Path::from("jobs")))
             .await?;
-        let mut removed = Vec::new();
+        let mut out = Vec::new();
         for dir in listing.common_prefixes {
             let Some(job) = dir.filename().map(str::to_string) else {
                 continue;
             };
-            let lease_path = dir.clone().join("lease.json");
-            let expired = match self.store.get(&lease_path).await {
-                Ok(r) => match serde_json::from_slice::<Lease>(&r.bytes().await?) {
-                    Ok(lease) => lease.expires_at < now,
-                    Err(_) => true,
-                },
-                Err(object_store::Error::NotFound { .. }) => true,
+            let lease = match self.store.get(&dir.clone().join("lease.json")).await {
+                Ok(r) => serde_json::from_slice::<Lease>(&r.bytes().await?).ok(),
+                Err(object_store::Error::NotFound { .. }) => None,
                 Err(e) => return Err(e.into()),
             };
-            if expired {
+            out.push((job, lease));
+        }
+        Ok(out)
+    }
+
+    /// Deletes the data of every job whose lease expired before `now`, or
+    /// that has no readable lease. Returns the jobs removed.
+    pub async fn sweep_expired(&self, now: DateTime<Utc>) -> Result<Vec<String>> {
+        let mut removed = Vec::new();
+        for (job, lease) in self.leases().await? {
+            if lease.is_none_or(|l| l.expires_at < now) {
                 self.delete_job(&job).await?;
                 removed.push(job);
             }
@@ -436,17 +581,70 @@ mod tests {
         );
     }
 
+    fn holder(node: Option<&str>) -> LeaseHolder {
+        LeaseHolder {
+            owner: "test".into(),
+            node: node.map(str::to_string),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_restarted_node_reclaims_its_jobs_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ShuffleStore::local(dir.path()).unwrap();
+        let later = Utc::now() + chrono::Duration::seconds(600);
+        store
+            .write_lease("job1", &holder(Some("coordinator a")), later)
+            .await
+            .unwrap();
+        let stage = |stage, tasks, inputs: Vec<u32>| StageRecord {
+            stage,
+            tasks,
+            inputs,
+            partitions: None,
+            plan: String::new(),
+        };
+        let record = JobRecord {
+            format_version: SHUFFLE_FORMAT_VERSION,
+            job: "job1".into(),
+            owner: "test".into(),
+            node: Some("coordinator a".into()),
+            started_at: Utc::now(),
+            stages: vec![stage(1, 1, vec![]), stage(2, 3, vec![1])],
+        };
+        store.write_job_record(&record).await.unwrap();
+        assert_eq!(store.read_job_record("job1").await.unwrap(), Some(record));
+        store.commit_winner(&id(0)).await.unwrap(); // stage 2, task 0
+        store
+            .write_lease("other", &holder(Some("coordinator b")), later)
+            .await
+            .unwrap();
+        store
+            .write_lease("shared", &holder(None), later)
+            .await
+            .unwrap();
+
+        let reclaimed = store.reclaim_node("coordinator a").await.unwrap();
+        assert_eq!(reclaimed.len(), 1);
+        assert_eq!(reclaimed[0].job, "job1");
+        assert_eq!(reclaimed[0].committed, vec![(1, 0, 1), (2, 1, 3)]);
+        assert!(!dir.path().join("jobs/job1").exists());
+        assert!(dir.path().join("jobs/other/lease.json").exists());
+        assert!(dir.path().join("jobs/shared/lease.json").exists());
+        assert!(store.read_job_record("other").await.unwrap().is_none());
+    }
+
     #[tokio::test]
     async fn expired_jobs_are_swept_and_live_ones_kept() {
         let dir = tempfile::tempdir().unwrap();
         let store = ShuffleStore::local(dir.path()).unwrap();
         let now = Utc::now();
         store
-            .write_lease("old", "test", now - chrono::Duration::seconds(5))
+            .write_lease("old", &holder(None), now - chrono::Duration::seconds(5))
             .await
             .unwrap();
         store
-            .write_lease("live", "test", now + chrono::Duration::seconds(60))
+            .write_lease("live", &holder(None), now + chrono::Duration::seconds(60))
             .await
             .unwrap();
         store.commit_winner(&id(0)).await.unwrap(); // job1 has no lease at all

@@ -85,10 +85,13 @@ pub struct ClusterCounters {
     pub assigned: AtomicU64,
     /// Attempts that failed because their executor was lost or left.
     pub orphaned: AtomicU64,
+    /// Jobs of an earlier life of this coordinator removed at start-up.
+    pub reclaimed: AtomicU64,
 }
 
 /// The coordinator's view of its executors and their tasks.
 pub struct ClusterScheduler {
+    node: String,
     store_location: String,
     store: ShuffleStore,
     liveness: Liveness,
@@ -111,8 +114,15 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 impl ClusterScheduler {
     /// A scheduler handing out tasks that use `store` (reachable by every
     /// executor at `store_location`), with its liveness monitor running.
-    pub fn start(store_location: String, store: ShuffleStore, liveness: Liveness) -> Arc<Self> {
+    /// `node` names the coordinator across restarts in its jobs' leases.
+    pub fn start(
+        node: String,
+        store_location: String,
+        store: ShuffleStore,
+        liveness: Liveness,
+    ) -> Arc<Self> {
         let this = Arc::new(Self {
+            node,
             store_location,
             store,
             liveness,
@@ -132,6 +142,11 @@ impl ClusterScheduler {
             }
         });
         this
+    }
+
+    /// The coordinator's name across restarts.
+    pub fn node(&self) -> &str {
+        &self.node
     }
 
     /// The shuffle store tasks use.
@@ -405,7 +420,7 @@ impl ClusterScheduler {
             )
         };
         let c = &self.counters;
-        let rows: [(&str, &str, &str, u64); 8] = [
+        let rows: [(&str, &str, &str, u64); 9] = [
             (
                 "sluice_cluster_executors",
                 "Executors taking tasks.",
@@ -453,6 +468,12 @@ impl ClusterScheduler {
                 "Attempts failed because their executor was lost or left.",
                 "counter",
                 c.orphaned.load(Ordering::Relaxed),
+            ),
+            (
+                "sluice_cluster_jobs_reclaimed_total",
+                "Jobs of an earlier life of this coordinator removed at start-up.",
+                "counter",
+                c.reclaimed.load(Ordering::Relaxed),
             ),
         ];
         for (name, help, kind, v) in rows {
@@ -641,6 +662,7 @@ mod tests {
     fn scheduler(dir: &std::path::Path, lost_after_ms: u64) -> Arc<ClusterScheduler> {
         let store = ShuffleStore::local(dir).unwrap();
         ClusterScheduler::start(
+            "coordinator test".into(),
             dir.display().to_string(),
             store,
             Liveness {

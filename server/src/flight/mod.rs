@@ -375,13 +375,44 @@ async fn start_cluster(
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "could not sweep expired shuffle data"),
     }
+    // One coordinator per state location: jobs leased under this node
+    // belong to an earlier life of this coordinator, and nothing will
+    // finish them.
+    let node = format!("coordinator {state_url}");
+    let reclaimed = match store.reclaim_node(&node).await {
+        Ok(jobs) => jobs,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not reclaim the jobs of this coordinator's earlier run; their leases expire");
+            Vec::new()
+        }
+    };
+    for job in &reclaimed {
+        let (done, total) = job
+            .committed
+            .iter()
+            .fold((0, 0), |(d, t), (_, c, n)| (d + c, t + n));
+        tracing::warn!(
+            job = %job.job,
+            started_at = ?job.record.as_ref().map(|r| r.started_at),
+            stages = job.committed.len(),
+            tasks_committed = done,
+            tasks = total,
+            objects_removed = job.objects,
+            "job interrupted by a coordinator restart: its shuffle data is removed; run the statement again"
+        );
+    }
     let liveness = crate::cluster::Liveness {
         heartbeat: Duration::from_millis(args.heartbeat_ms.max(10)),
         lost_after: Duration::from_millis(args.executor_timeout_ms.max(args.heartbeat_ms * 2)),
         executor_wait: Duration::from_secs(args.executor_wait_secs),
         job_lease: Duration::from_secs(args.job_lease_secs.max(1)),
     };
-    let scheduler = crate::cluster::ClusterScheduler::start(location.clone(), store, liveness);
+    let scheduler =
+        crate::cluster::ClusterScheduler::start(node, location.clone(), store, liveness);
+    scheduler
+        .counters()
+        .reclaimed
+        .store(reclaimed.len() as u64, Ordering::Relaxed);
     let (listener, bound) = crate::http::bind("--cluster-bind", &args.cluster_bind).await?;
     let service = scheduler.service();
     tokio::spawn(async move {

@@ -40,6 +40,10 @@ pub(crate) fn trials() -> Vec<Trial> {
             orphaned_shuffle_data_swept_after_restart,
         ),
         Trial::test(
+            "cluster::restarted_coordinator_reclaims_its_interrupted_job",
+            restarted_coordinator_reclaims_its_job,
+        ),
+        Trial::test(
             "cluster::s3_tables_with_secret_options_on_executors",
             s3_tables_on_executors,
         ),
@@ -640,6 +644,75 @@ fn orphaned_shuffle_data_swept_after_restart() -> Result<(), Failed> {
             files_below(&shuffle.join("jobs"))
         )
         .into());
+    }
+    Ok(())
+}
+
+/// The coordinator dies (SIGKILL) with a job between stages. Its job
+/// record, stage graph included, is in the shuffle store; restarted on
+/// the same state, the coordinator reclaims that job at once (its lease
+/// has ten minutes left), and the sink's table holds nothing of it.
+fn restarted_coordinator_reclaims_its_job() -> Result<(), Failed> {
+    let data = crate::staged::tpch_dir()?;
+    let s = Scratch::new();
+    let out = s.path().join("totals");
+    let flags = ["--job-lease-secs", "600"];
+    let mut cluster = Cluster::start_with(&s, &flags)?;
+    cluster.add_executor(2, &[("SLUICE_TEST_FAULT", "stage=1,after=0,action=pause")])?;
+    let mut job = cluster.run_script("job.sql", &write_job(&data, &out))?;
+    let (coordinator, executor) = (cluster.http.clone(), cluster.executors[0].1.clone());
+    if !wait_until(120, || {
+        metric(&coordinator, "sluice_staged_stages_total").unwrap_or(0) >= 1
+            && metric(&executor, "sluice_staged_tasks_running").unwrap_or(0) >= 1
+    }) {
+        return Err(format!("the map stage never committed\n{}", cluster.logs()).into());
+    }
+    let jobs = leftover_jobs(&cluster.shuffle);
+    let [id] = jobs.as_slice() else {
+        return Err(format!("expected one job in the shuffle store, found {jobs:?}").into());
+    };
+    let record: serde_json::Value = serde_json::from_slice(&std::fs::read(
+        cluster.shuffle.join("jobs").join(id).join("job.json"),
+    )?)?;
+    let stages = record["stages"].as_array().cloned().unwrap_or_default();
+    if stages.len() < 2
+        || stages.last().is_some_and(|s| !s["partitions"].is_null())
+        || !stages.iter().any(|s| s["plan"].as_str().is_some_and(|p| p.contains("SinkExec")))
+    {
+        return Err(format!("the job record does not hold the stage graph: {record:#}").into());
+    }
+    cluster.coordinator.child.kill()?;
+    cluster.coordinator.child.wait()?;
+    let _ = job.kill();
+    let _ = job.wait();
+    let shuffle = cluster.shuffle.clone();
+    drop(cluster);
+    if !leftover_jobs(&shuffle).contains(id) {
+        return Err("the killed coordinator's job left nothing to reclaim".into());
+    }
+    std::fs::remove_file(s.path().join("coordinator.listen"))?;
+    let cluster = Cluster::start_with(&s, &flags)?;
+    if !wait_until(30, || leftover_jobs(&shuffle).is_empty()) {
+        return Err(format!(
+            "the restarted coordinator left the job's shuffle data: {:?}\n{}",
+            files_below(&shuffle.join("jobs")),
+            cluster.logs()
+        )
+        .into());
+    }
+    let log = cluster.coordinator.log();
+    if metric(&cluster.http, "sluice_cluster_jobs_reclaimed_total") != Some(1)
+        || !log.contains("job interrupted by a coordinator restart")
+        || !log.contains(id.as_str())
+    {
+        return Err(format!("the reclaimed job was not reported\n{log}").into());
+    }
+    let written: Vec<String> = files_below(&out)
+        .into_iter()
+        .filter(|f| !f.starts_with("_sluice/"))
+        .collect();
+    if !written.is_empty() {
+        return Err(format!("the interrupted job published files: {written:?}").into());
     }
     Ok(())
 }
