@@ -48,8 +48,8 @@ use sluice_planner::stages::{
     Stage, StageGraph, StageOptions, StageOutput, TaskSpec, task_instance,
 };
 use sluice_shuffle::{
-    AttemptId, AttemptIndex, Commit, JobRecord, LeaseHolder, ShuffleCompression,
-    ShuffleReaderExec, ShuffleStore, StageRecord, WriterOptions,
+    AttemptId, AttemptIndex, Commit, JobRecord, LeaseHolder, ShuffleCompression, ShuffleReaderExec,
+    ShuffleStore, StageRecord, WriterOptions,
 };
 use tokio::sync::Semaphore;
 
@@ -463,7 +463,9 @@ impl Job {
         let expires =
             move || chrono::Utc::now() + chrono::Duration::from_std(lease).expect("lease fits");
         store.write_lease(&id, &holder, expires()).await?;
-        store.write_job_record(&job_record(&id, &holder, graph)).await?;
+        store
+            .write_job_record(&job_record(&id, &holder, graph))
+            .await?;
         let lease = {
             let id = id.clone();
             SpawnedTask::spawn(async move {

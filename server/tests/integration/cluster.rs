@@ -677,7 +677,9 @@ fn restarted_coordinator_reclaims_its_job() -> Result<(), Failed> {
     let stages = record["stages"].as_array().cloned().unwrap_or_default();
     if stages.len() < 2
         || stages.last().is_some_and(|s| !s["partitions"].is_null())
-        || !stages.iter().any(|s| s["plan"].as_str().is_some_and(|p| p.contains("SinkExec")))
+        || !stages
+            .iter()
+            .any(|s| s["plan"].as_str().is_some_and(|p| p.contains("SinkExec")))
     {
         return Err(format!("the job record does not hold the stage graph: {record:#}").into());
     }
