@@ -45,6 +45,7 @@ use datafusion_proto::physical_plan::{
 use datafusion_proto::protobuf;
 use prost::Message;
 use serde::{Deserialize, Serialize};
+use sluice_connectors::file::{CsvScanDescriptor, CsvScanExec};
 use sluice_connectors::mysql::{MySqlScanDescriptor, MySqlScanExec};
 use sluice_connectors::postgres::{PostgresScanDescriptor, PostgresScanExec};
 use sluice_connectors::{ConnectorFactory, SinkDescriptor, SinkExec};
@@ -151,6 +152,7 @@ const KIND_READER: &str = "shuffle_reader";
 const KIND_SINK: &str = "sink";
 const KIND_POSTGRES_SCAN: &str = "postgres_scan";
 const KIND_MYSQL_SCAN: &str = "mysql_scan";
+const KIND_CSV_SCAN: &str = "csv_scan";
 
 #[derive(Serialize, Deserialize)]
 struct WriterHeader {
@@ -175,6 +177,15 @@ struct SinkHeader {
     job: String,
     task_base: u64,
     attempt: u32,
+}
+
+/// A session over a task's configuration and runtime (its object stores),
+/// for connectors that rebuild a table's settings from its declaration.
+fn session_state(ctx: &TaskContext) -> datafusion::execution::SessionState {
+    SessionStateBuilder::new()
+        .with_config(ctx.session_config().clone())
+        .with_runtime_env(ctx.runtime_env())
+        .build()
 }
 
 fn json<T: Serialize>(v: &T) -> Result<Vec<u8>> {
@@ -307,10 +318,7 @@ impl PhysicalExtensionCodec for StageCodec {
             KIND_SINK => {
                 let h: SinkHeader = from_json(KIND_SINK, &node.header)?;
                 let schema = Arc::new(schema(&node)?);
-                let state = SessionStateBuilder::new()
-                    .with_config(ctx.session_config().clone())
-                    .with_runtime_env(ctx.runtime_env())
-                    .build();
+                let state = session_state(ctx);
                 let sink = self
                     .registries()?
                     .connectors
@@ -336,6 +344,18 @@ impl PhysicalExtensionCodec for StageCodec {
                 let secrets = self.registries()?.connectors.stores().secrets();
                 let scan = MySqlScanExec::from_descriptor(desc, schema, secrets)
                     .map_err(|e| DataFusionError::External(Box::new(e)))?;
+                Ok(Arc::new(scan))
+            }
+            KIND_CSV_SCAN => {
+                let desc: CsvScanDescriptor = from_json(KIND_CSV_SCAN, &node.header)?;
+                let state = session_state(ctx);
+                let scan = CsvScanExec::from_descriptor(
+                    desc,
+                    &schema(&node)?,
+                    self.registries()?.connectors.stores(),
+                    &state,
+                )
+                .map_err(|e| DataFusionError::External(Box::new(e)))?;
                 Ok(Arc::new(scan))
             }
             other => Err(DataFusionError::Plan(format!(
@@ -409,6 +429,10 @@ impl PhysicalExtensionCodec for StageCodec {
             out.kind = KIND_MYSQL_SCAN.into();
             out.schema = Some(p.schema().as_ref().try_into()?);
             out.header = json(&p.descriptor())?;
+        } else if let Some(c) = node.downcast_ref::<CsvScanExec>() {
+            out.kind = KIND_CSV_SCAN.into();
+            out.schema = Some((&c.full_schema()).try_into()?);
+            out.header = json(&c.descriptor())?;
         } else {
             return Err(DataFusionError::NotImplemented(format!(
                 "operator {} cannot be sent to an executor",

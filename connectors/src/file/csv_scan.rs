@@ -28,8 +28,12 @@ use futures::StreamExt;
 use object_store::ObjectStoreExt;
 use object_store::path::Path;
 
+use serde::{Deserialize, Serialize};
+
 use crate::error::ConnectorError;
-use crate::store::Location;
+use crate::file::{FileFormatKind, FileTableConfig};
+use crate::options::TableOptions;
+use crate::store::{Location, StoreRegistry};
 
 /// Rows decoded per batch.
 const BATCH_ROWS: usize = 8192;
@@ -41,10 +45,31 @@ pub(crate) struct CsvFile {
     pub(crate) partition_values: Vec<ScalarValue>,
 }
 
+/// What another process needs to rebuild a [`CsvScanExec`]: the table's
+/// declaration (secrets unresolved) and its files. The schema of file and
+/// partition columns travels beside it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CsvScanDescriptor {
+    /// Table name.
+    pub table: String,
+    /// Location as declared.
+    pub location: String,
+    /// Declared options.
+    pub options: TableOptions,
+    /// Files of each group: path in the store and partition values as
+    /// text (`None` for NULL).
+    pub groups: Vec<Vec<(String, Vec<Option<String>>)>>,
+    /// How many leading columns of the schema are the files' own.
+    pub file_columns: usize,
+    /// Output columns, indexes into file then partition columns.
+    pub projection: Option<Vec<usize>>,
+}
+
 /// Scan of CSV files that skips up to `max_bad` bad records.
-pub(crate) struct CsvScanExec {
+pub struct CsvScanExec {
     table: String,
     loc: Location,
+    declared: TableOptions,
     groups: Vec<Vec<CsvFile>>,
     file_schema: SchemaRef,
     partition_fields: Vec<FieldRef>,
@@ -66,7 +91,6 @@ impl fmt::Debug for CsvScanExec {
 }
 
 impl CsvScanExec {
-    #[expect(clippy::too_many_arguments, reason = "a plain constructor of a scan")]
     pub(crate) fn new(
         table: String,
         loc: Location,
@@ -74,9 +98,11 @@ impl CsvScanExec {
         file_schema: SchemaRef,
         partition_fields: Vec<FieldRef>,
         projection: Option<Vec<usize>>,
-        options: CsvOptions,
-        max_bad: usize,
+        config: &FileTableConfig,
     ) -> Result<Self> {
+        let options = config.df_options.csv.clone();
+        let max_bad = config.max_bad_records;
+        let declared = config.options.clone();
         let mut fields: Vec<FieldRef> = file_schema.fields().iter().cloned().collect();
         fields.extend(partition_fields.iter().cloned());
         let full = Schema::new(fields);
@@ -93,6 +119,7 @@ impl CsvScanExec {
         Ok(Self {
             table,
             loc,
+            declared,
             groups,
             file_schema,
             partition_fields,
@@ -102,6 +129,92 @@ impl CsvScanExec {
             bad: Arc::new(AtomicUsize::new(0)),
             properties,
         })
+    }
+
+    /// The scan as another process rebuilds it (see [`Self::from_descriptor`]).
+    pub fn descriptor(&self) -> CsvScanDescriptor {
+        CsvScanDescriptor {
+            table: self.table.clone(),
+            location: self.loc.original.clone(),
+            options: self.declared.clone(),
+            groups: self
+                .groups
+                .iter()
+                .map(|g| {
+                    g.iter()
+                        .map(|f| {
+                            let values = f
+                                .partition_values
+                                .iter()
+                                .map(|v| (!v.is_null()).then(|| v.to_string()))
+                                .collect();
+                            (f.path.to_string(), values)
+                        })
+                        .collect()
+                })
+                .collect(),
+            file_columns: self.file_schema.fields().len(),
+            projection: self.projection.clone(),
+        }
+    }
+
+    /// The file and partition columns, in that order.
+    pub fn full_schema(&self) -> Schema {
+        let mut fields: Vec<FieldRef> = self.file_schema.fields().iter().cloned().collect();
+        fields.extend(self.partition_fields.iter().cloned());
+        Schema::new(fields)
+    }
+
+    /// Rebuilds a scan from its descriptor in another process, resolving
+    /// its store (and secrets) through `stores`. `full_schema` is
+    /// [`Self::full_schema`] of the original. Touches no data.
+    pub fn from_descriptor(
+        desc: CsvScanDescriptor,
+        full_schema: &Schema,
+        stores: &StoreRegistry,
+        state: &dyn datafusion::catalog::Session,
+    ) -> crate::Result<Self> {
+        let config = FileTableConfig::new(FileFormatKind::Csv, &desc.options, state)?;
+        let loc = stores.resolve(&desc.location, &desc.options)?;
+        let fields = full_schema.fields();
+        if desc.file_columns > fields.len() {
+            return Err(ConnectorError::Internal(format!(
+                "CSV scan descriptor of {} names {} file columns of {}",
+                desc.table,
+                desc.file_columns,
+                fields.len()
+            )));
+        }
+        let file_schema = Arc::new(Schema::new(fields[..desc.file_columns].to_vec()));
+        let partition_fields: Vec<FieldRef> = fields[desc.file_columns..].to_vec();
+        let mut groups = Vec::with_capacity(desc.groups.len());
+        for group in desc.groups {
+            let mut files = Vec::with_capacity(group.len());
+            for (path, values) in group {
+                let partition_values = partition_fields
+                    .iter()
+                    .zip(values)
+                    .map(|(f, v)| match v {
+                        Some(v) => ScalarValue::try_from_string(v, f.data_type()),
+                        None => ScalarValue::try_from(f.data_type()),
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                files.push(CsvFile {
+                    path: Path::from(path),
+                    partition_values,
+                });
+            }
+            groups.push(files);
+        }
+        Ok(Self::new(
+            desc.table,
+            loc,
+            groups,
+            file_schema,
+            partition_fields,
+            desc.projection,
+            &config,
+        )?)
     }
 }
 

@@ -32,6 +32,7 @@ mod sink;
 mod table;
 mod writer;
 
+pub use csv_scan::{CsvScanDescriptor, CsvScanExec};
 pub use format::{FileFormatKind, FileTableConfig};
 pub use layout::{GcReport, gc_table};
 pub use manifest::{MANIFEST_FORMAT, MANIFEST_FORMAT_VERSION, Manifest, ManifestFile};

@@ -438,8 +438,7 @@ impl TableProvider for FileTable {
                 Arc::clone(&self.file_schema),
                 self.partition_fields.clone(),
                 projection.cloned(),
-                self.config.df_options.csv.clone(),
-                self.config.max_bad_records,
+                &self.config,
             )?));
         }
         let source = self

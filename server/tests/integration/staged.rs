@@ -45,6 +45,10 @@ pub(crate) fn trials() -> Vec<Trial> {
             "staged::small_build_sides_broadcast_only_when_safe",
             broadcast_only_when_safe,
         ),
+        Trial::test(
+            "staged::tolerant_csv_scan_travels_to_executors",
+            tolerant_csv_scan_through_the_wire,
+        ),
     ];
     for (name, sql) in tpch::QUERIES {
         trials.push(Trial::test(
@@ -564,4 +568,42 @@ fn broadcast_only_when_safe() -> Result<(), Failed> {
         }
         Ok(())
     })
+}
+
+/// A CSV table that skips bad records (Sluice's own CSV scan) in the
+/// executor wire format: its files, typed partition values, options and
+/// bad-record limit survive the round trip, and the limit still fails the
+/// statement.
+fn tolerant_csv_scan_through_the_wire() -> Result<(), Failed> {
+    let s = Scratch::new();
+    s.write("sales/dt=2026-01-01/a.csv", "id,qty\n1,3\n2,x\n3,4\n");
+    s.write("sales/dt=2026-01-02/b.csv", "id,qty\n4,5\n5,y\n6,6\n");
+    let script = |max_bad: u32| {
+        format!(
+            "SET 'execution.runtime-mode' = 'batch';\n\
+             SET 'sluice.task_slots' = '2';\n\
+             SET 'sluice.shuffle_dir' = 'shuffle';\n\
+             SET 'sluice.serialize_stage_plans' = 'true';\n\
+             CREATE TABLE sales (id BIGINT, qty BIGINT, dt DATE) PARTITIONED BY (dt) \
+             WITH ('connector' = 'filesystem', 'path' = '{}/sales/', 'format' = 'csv', \
+             'error-handling.max-bad-records' = '{max_bad}');\n\
+             SELECT dt, count(*) AS n, sum(qty) AS q FROM sales GROUP BY dt ORDER BY dt;\n",
+            s.path().display()
+        )
+    };
+    let o = s.run(&["-q", "--format", "csv", "-e", &script(2)], None);
+    check(o.status.code() == Some(0), "the tolerant scan failed", &o)?;
+    let out = stdout(&o);
+    let rows: Vec<&str> = out.lines().skip(1).map(str::trim).collect();
+    if rows != ["2026-01-01,2,7", "2026-01-02,2,11"] {
+        return Err(format!("wrong rows: {rows:?}\n{}", stdout(&o)).into());
+    }
+    let o = s.run(&["-q", "--format", "csv", "-e", &script(1)], None);
+    check(
+        o.status.code() != Some(0)
+            && crate::support::stderr(&o).contains("more than 1 bad records"),
+        "the second bad record must fail the statement",
+        &o,
+    )?;
+    Ok(())
 }
