@@ -39,7 +39,9 @@ use datafusion::physical_plan::{
 };
 use futures::{Stream, StreamExt};
 use sluice_connectors::sink::decode_commit_messages;
-use sluice_connectors::{CommitMessage, ConnectorFactory, StoreRegistry};
+use sluice_connectors::{
+    CommitMessage, ConnectorError, ConnectorFactory, ErrorClass, StoreRegistry,
+};
 use sluice_planner::SluiceOptions;
 use sluice_planner::codec::{
     ExecutorRegistries, decode_stage_plan, encode_stage_plan, executor_task_context,
@@ -659,9 +661,19 @@ impl TaskRunner {
             match result {
                 Ok(r) => return Ok(r),
                 Err(e) => {
-                    tracing::warn!(attempt = %id, error = %e, "task attempt failed");
+                    let retryable = is_retryable(&e);
+                    tracing::warn!(attempt = %id, error = %e, retryable, "task attempt failed");
                     if let Err(d) = self.runtime.store.delete_attempt(&id).await {
                         tracing::warn!(attempt = %id, error = %d, "could not delete a failed attempt's data");
+                    }
+                    if !retryable {
+                        // Another attempt would fail the same way.
+                        return Err(DataFusionError::Execution(format!(
+                            "stage {} task {} failed: {}",
+                            self.stage.id,
+                            self.task,
+                            e.strip_backtrace()
+                        )));
                     }
                     if attempt + 1 < self.runtime.max_attempts {
                         counters.retries.fetch_add(1, Ordering::Relaxed);
@@ -736,9 +748,73 @@ impl TaskRunner {
                 TaskOutput::Shuffle(Arc::new(index))
             }
             Outcome::Sink { messages } => TaskOutput::Messages(messages),
-            Outcome::Failed { message } => return Err(DataFusionError::Execution(message)),
+            Outcome::Failed { message, retryable } => {
+                return Err(if retryable {
+                    DataFusionError::Execution(message)
+                } else {
+                    DataFusionError::External(Box::new(Deterministic(message)))
+                });
+            }
         };
         Ok(TaskResult { output, rows_read })
+    }
+}
+
+/// A failure an executor reported as one another attempt cannot fix.
+#[derive(Debug)]
+struct Deterministic(String);
+
+impl fmt::Display for Deterministic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Deterministic {}
+
+/// Whether another attempt of a failed task may succeed. Not when the
+/// user's input must change (a bad value or record, an option, a plan
+/// that cannot run); everything else (stores, networks, databases, lost
+/// executors, resources) may be transient.
+pub(crate) fn is_retryable(e: &DataFusionError) -> bool {
+    use arrow::error::ArrowError;
+    match e {
+        DataFusionError::External(inner) => source_retryable(inner.as_ref()),
+        DataFusionError::ArrowError(a, _) => match a.as_ref() {
+            ArrowError::ExternalError(inner) => source_retryable(inner.as_ref()),
+            ArrowError::CastError(_)
+            | ArrowError::ParseError(_)
+            | ArrowError::InvalidArgumentError(_)
+            | ArrowError::DivideByZero
+            | ArrowError::ArithmeticOverflow(_)
+            | ArrowError::SchemaError(_)
+            | ArrowError::NotYetImplemented(_) => false,
+            _ => true,
+        },
+        DataFusionError::Plan(_)
+        | DataFusionError::SchemaError(..)
+        | DataFusionError::NotImplemented(_)
+        | DataFusionError::Configuration(_)
+        | DataFusionError::SQL(..) => false,
+        DataFusionError::Context(_, inner) | DataFusionError::Diagnostic(_, inner) => {
+            is_retryable(inner)
+        }
+        DataFusionError::Shared(inner) => is_retryable(inner),
+        DataFusionError::Collection(errors) => errors.iter().all(is_retryable),
+        _ => true,
+    }
+}
+
+fn source_retryable(inner: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
+    if inner.is::<Deterministic>() {
+        return false;
+    }
+    if let Some(c) = inner.downcast_ref::<ConnectorError>() {
+        return c.class() == ErrorClass::External;
+    }
+    match inner.downcast_ref::<DataFusionError>() {
+        Some(d) => is_retryable(d),
+        None => true,
     }
 }
 

@@ -34,7 +34,7 @@ use super::protocol::{
     CoordinatorClient, Heartbeat, HeartbeatReply, Leave, Outcome, Register, Registered, Report,
     TaskAssignment, b64, unb64,
 };
-use crate::staged::{StagedCounters, TaskOutput, execute_attempt};
+use crate::staged::{StagedCounters, TaskOutput, execute_attempt, is_retryable};
 
 /// `sluice executor`.
 #[derive(Debug, clap::Args)]
@@ -382,6 +382,7 @@ async fn hand_back(env: &TaskEnv, shared: &Shared) {
                     "executor {} shut down and handed the attempt back",
                     shared.id
                 ),
+                retryable: true,
             },
             rows_read: 0,
         };
@@ -411,16 +412,21 @@ fn start_task(env: &TaskEnv, shared: &Arc<Shared>, task: TaskAssignment) {
         let result = std::panic::AssertUnwindSafe(run_task(&env2, &task))
             .catch_unwind()
             .await
-            .unwrap_or_else(|_| Err(format!("the attempt panicked on executor {}", shared2.id)));
+            .unwrap_or_else(|_| {
+                Err(Failure::from(format!(
+                    "the attempt panicked on executor {}",
+                    shared2.id
+                )))
+            });
         let (outcome, rows_read) = match result {
             Ok(r) => r,
-            Err(message) => {
+            Err(Failure { message, retryable }) => {
                 shared2
                     .counters
                     .tasks_failed
                     .fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(attempt = %id, error = %message, "task attempt failed");
-                (Outcome::Failed { message }, 0)
+                tracing::warn!(attempt = %id, error = %message, retryable, "task attempt failed");
+                (Outcome::Failed { message, retryable }, 0)
             }
         };
         let report = Report {
@@ -465,8 +471,26 @@ async fn send_report(env: &TaskEnv, report: &Report) {
     tracing::error!(attempt = %report.attempt, "gave up reporting the attempt; the coordinator will run it again when it declares this executor lost");
 }
 
-async fn run_task(env: &TaskEnv, task: &TaskAssignment) -> Result<(Outcome, u64), String> {
-    let fail = |e: datafusion::error::DataFusionError| e.strip_backtrace();
+/// Why an attempt failed.
+struct Failure {
+    message: String,
+    retryable: bool,
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Self {
+        Self {
+            message,
+            retryable: true,
+        }
+    }
+}
+
+async fn run_task(env: &TaskEnv, task: &TaskAssignment) -> Result<(Outcome, u64), Failure> {
+    let fail = |e: datafusion::error::DataFusionError| Failure {
+        retryable: is_retryable(&e),
+        message: e.strip_backtrace(),
+    };
     let plan = unb64("the task's plan", &task.plan)?;
     let settings: HashMap<String, String> = task.config.clone().into_iter().collect();
     let config = SessionConfig::from_string_hash_map(&settings).map_err(fail)?;

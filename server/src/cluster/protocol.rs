@@ -127,8 +127,18 @@ pub(crate) enum Outcome {
     Shuffle { index: String },
     /// A sink task's commit messages.
     Sink { messages: Vec<CommitMessage> },
-    /// The attempt failed; the coordinator may retry the task.
-    Failed { message: String },
+    /// The attempt failed.
+    Failed {
+        message: String,
+        /// Whether another attempt may succeed; `false` when the user's
+        /// input (data, options, SQL) must change first.
+        #[serde(default = "retryable_by_default")]
+        retryable: bool,
+    },
+}
+
+fn retryable_by_default() -> bool {
+    true
 }
 
 /// `cluster.leave`.

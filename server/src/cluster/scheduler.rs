@@ -46,7 +46,8 @@ pub struct Liveness {
     pub job_lease: Duration,
 }
 
-/// What a finished attempt produced, as the executor reported it.
+/// What a finished attempt produced, as the executor reported it (a
+/// failure it reported included); an error when no executor finished it.
 pub(crate) type AttemptResult = Result<(Outcome, u64), String>;
 
 struct Queued {
@@ -321,11 +322,7 @@ impl ClusterScheduler {
         match state.running.get(&r.attempt) {
             Some(run) if run.executor == r.executor_id => {
                 let run = state.running.remove(&r.attempt).expect("present");
-                let result = match r.outcome {
-                    Outcome::Failed { message } => Err(message),
-                    other => Ok((other, r.rows_read)),
-                };
-                let _ = run.reply.send(result);
+                let _ = run.reply.send(Ok((r.outcome, r.rows_read)));
             }
             _ => {
                 tracing::debug!(attempt = %r.attempt, executor = %r.executor_id, "report of an attempt no longer waited for");

@@ -44,6 +44,10 @@ pub(crate) fn trials() -> Vec<Trial> {
             restarted_coordinator_reclaims_its_job,
         ),
         Trial::test(
+            "cluster::a_bad_value_fails_the_job_without_retries",
+            bad_value_fails_without_retries,
+        ),
+        Trial::test(
             "cluster::s3_tables_with_secret_options_on_executors",
             s3_tables_on_executors,
         ),
@@ -715,6 +719,49 @@ fn restarted_coordinator_reclaims_its_job() -> Result<(), Failed> {
         .collect();
     if !written.is_empty() {
         return Err(format!("the interrupted job published files: {written:?}").into());
+    }
+    Ok(())
+}
+
+/// A value that cannot be cast fails its task on the executor; the
+/// executor reports the failure as one no retry can fix, so the job fails
+/// at once with the cast error, and nothing is published.
+fn bad_value_fails_without_retries() -> Result<(), Failed> {
+    let data = crate::staged::tpch_dir()?;
+    let s = Scratch::new();
+    let out = s.path().join("keys");
+    let mut cluster = Cluster::start(&s)?;
+    cluster.add_executor(2, &[])?;
+    let orders = tpch::create_tables_sql(&data)
+        .into_iter()
+        .find(|d| d.contains(" orders "))
+        .ok_or("no orders table")?;
+    let sql = format!(
+        "{orders};\n\
+         CREATE TABLE keys (k BIGINT) WITH ('connector' = 'filesystem', 'path' = '{}/', \
+         'format' = 'parquet');\n\
+         INSERT INTO keys SELECT CAST(o_comment AS BIGINT) FROM orders;\n",
+        out.display()
+    );
+    let o = cluster.run_script("bad.sql", &sql)?.wait_with_output()?;
+    let err = crate::support::stderr(&o);
+    if o.status.code() == Some(0) || !err.contains("Cannot cast") {
+        return Err(format!(
+            "expected the cast error\n--- stderr\n{err}\n{}",
+            cluster.logs()
+        )
+        .into());
+    }
+    let retries = metric(&cluster.http, "sluice_staged_task_retries_total");
+    if retries != Some(0) || err.contains("times; last error") {
+        return Err(format!("a cast error was retried ({retries:?} retries)\n{err}").into());
+    }
+    let written: Vec<String> = files_below(&out)
+        .into_iter()
+        .filter(|f| !f.starts_with("_sluice/"))
+        .collect();
+    if !written.is_empty() {
+        return Err(format!("the failed job published files: {written:?}").into());
     }
     Ok(())
 }

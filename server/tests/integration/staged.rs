@@ -599,10 +599,16 @@ fn tolerant_csv_scan_through_the_wire() -> Result<(), Failed> {
         return Err(format!("wrong rows: {rows:?}\n{}", stdout(&o)).into());
     }
     let o = s.run(&["-q", "--format", "csv", "-e", &script(1)], None);
+    let err = crate::support::stderr(&o);
     check(
-        o.status.code() != Some(0)
-            && crate::support::stderr(&o).contains("more than 1 bad records"),
+        o.status.code() != Some(0) && err.contains("more than 1 bad records"),
         "the second bad record must fail the statement",
+        &o,
+    )?;
+    // Bad data fails the same way every time: no second attempt.
+    check(
+        !err.contains("times; last error") && err.contains("task 0 failed:"),
+        "a bad-record failure must not be retried",
         &o,
     )?;
     Ok(())
