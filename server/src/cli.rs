@@ -55,6 +55,9 @@ pub enum Command {
     /// Run a cluster's tasks: register with a coordinator (`sluice server
     /// --role coordinator`) and run the task attempts it hands out.
     Executor(crate::cluster::executor::ExecutorArgs),
+    /// Run sqllogictest files (`.slt`) that pin down what pipelines must
+    /// produce, embedded or against a server.
+    Test(crate::slt::TestArgs),
 }
 
 impl Command {
@@ -65,7 +68,8 @@ impl Command {
             Command::Gc(_)
             | Command::Server(_)
             | Command::ShuffleWorker(_)
-            | Command::Executor(_) => false,
+            | Command::Executor(_)
+            | Command::Test(_) => false,
         }
     }
 }
@@ -129,7 +133,7 @@ pub struct GcArgs {
     pub locations: Vec<String>,
 }
 
-fn parse_var(s: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_var(s: &str) -> Result<(String, String), String> {
     let (k, v) = s
         .split_once('=')
         .ok_or_else(|| format!("'{s}' is not NAME=VALUE"))?;
@@ -150,5 +154,9 @@ pub async fn dispatch(command: Command) -> ExitCode {
         Command::Server(args) => crate::flight::serve(args).await,
         Command::ShuffleWorker(args) => crate::worker::run(args).await,
         Command::Executor(args) => crate::cluster::executor::run(args).await,
+        // Each file runs on a runtime of its own, off the main one.
+        Command::Test(args) => tokio::task::spawn_blocking(move || crate::slt::run(args))
+            .await
+            .unwrap_or(ExitCode::from(2)),
     }
 }

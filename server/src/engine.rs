@@ -1,5 +1,5 @@
-//! The sqllogictest [`Engine`] over an embedded session, used by the `.slt`
-//! suites (and, later, `sluice test`).
+//! The sqllogictest [`Engine`] over an embedded session or a server's
+//! Flight SQL session, used by the `.slt` suites and `sluice test`.
 
 use std::collections::BTreeMap;
 
@@ -11,11 +11,48 @@ use sluice_sql_tests::{Engine, EngineError, EngineFactory, EngineOutput, FileCon
 
 use crate::embedded::{EmbeddedSession, Executed};
 
+/// The runtime mode a test engine sets in every session
+/// (`SET 'execution.runtime-mode' = ...`); also a label that `onlyif` and
+/// `skipif` records match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TestMode {
+    /// Staged batch mode (also labelled `staged`).
+    Batch,
+    /// Streaming mode.
+    Streaming,
+}
+
+impl TestMode {
+    /// The mode's name, as in SQL.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Batch => "batch",
+            Self::Streaming => "streaming",
+        }
+    }
+
+    /// The statements that put a new session in this mode.
+    fn setup(self) -> Vec<String> {
+        let mut sql = vec![format!("SET 'execution.runtime-mode' = '{}'", self.name())];
+        if self == Self::Batch {
+            sql.push("SET 'sluice.task_slots' = '2'".into());
+        }
+        sql
+    }
+
+    fn labels(self) -> Vec<String> {
+        match self {
+            Self::Batch => vec!["batch".into(), "staged".into()],
+            Self::Streaming => vec!["streaming".into()],
+        }
+    }
+}
+
 /// Creates one isolated embedded session per `.slt` file.
 #[derive(Debug, Clone)]
 pub struct EmbeddedEngineFactory {
     target_partitions: usize,
-    staged: bool,
+    mode: Option<TestMode>,
 }
 
 impl EmbeddedEngineFactory {
@@ -23,9 +60,15 @@ impl EmbeddedEngineFactory {
     /// = 'batch'` first), with two task slots; records labelled `staged`
     /// apply only here.
     pub fn staged() -> Self {
+        Self::new(4, Some(TestMode::Batch))
+    }
+
+    /// Sessions with `target_partitions`, put in `mode` when given (else
+    /// the session's default).
+    pub fn new(target_partitions: usize, mode: Option<TestMode>) -> Self {
         Self {
-            target_partitions: 4,
-            staged: true,
+            target_partitions: target_partitions.max(1),
+            mode,
         }
     }
 }
@@ -33,20 +76,15 @@ impl EmbeddedEngineFactory {
 impl Default for EmbeddedEngineFactory {
     fn default() -> Self {
         // Several partitions, so parallel writers are exercised on any machine.
-        Self {
-            target_partitions: 4,
-            staged: false,
-        }
+        Self::new(4, None)
     }
 }
 
 #[async_trait]
 impl EngineFactory for EmbeddedEngineFactory {
     fn labels(&self) -> Vec<String> {
-        let mut labels = vec!["sluice".into(), "embedded".into(), "batch".into()];
-        if self.staged {
-            labels.push("staged".into());
-        }
+        let mut labels = vec!["sluice".into(), "embedded".into()];
+        labels.extend(self.mode.map(TestMode::labels).unwrap_or_default());
         labels
     }
 
@@ -60,25 +98,15 @@ impl EngineFactory for EmbeddedEngineFactory {
             vars: ctx.vars.clone(),
             force_rerun: false,
         };
-        let session = EmbeddedSession::new(config, run, false);
-        if self.staged {
-            for sql in [
-                "SET 'execution.runtime-mode' = 'batch'",
-                "SET 'sluice.task_slots' = '2'",
-            ] {
-                let stmt =
-                    parse_statement(sql).map_err(|e| EngineError::statement(e.to_string()))?;
-                session
-                    .execute(stmt, 0, &mut |_| {})
-                    .await
-                    .map_err(|e| EngineError::statement(e.to_string()))?;
-            }
-        }
-        Ok(Box::new(EmbeddedEngine {
-            session,
+        let mut engine = EmbeddedEngine {
+            session: EmbeddedSession::new(config, run, false),
             vars: ctx.vars.clone(),
             statements: 0,
-        }))
+        };
+        for sql in self.mode.map(TestMode::setup).unwrap_or_default() {
+            engine.run(&sql).await?;
+        }
+        Ok(Box::new(engine))
     }
 }
 
@@ -137,19 +165,31 @@ impl Engine for EmbeddedEngine {
 #[derive(Debug, Clone)]
 pub struct FlightEngineFactory {
     url: String,
+    mode: Option<TestMode>,
 }
 
 impl FlightEngineFactory {
     /// Runs files against the server at `url` (e.g. `http://127.0.0.1:50051`).
     pub fn new(url: impl Into<String>) -> Self {
-        Self { url: url.into() }
+        Self {
+            url: url.into(),
+            mode: None,
+        }
+    }
+
+    /// Puts every session in `mode` first.
+    pub fn with_mode(mut self, mode: Option<TestMode>) -> Self {
+        self.mode = mode;
+        self
     }
 }
 
 #[async_trait]
 impl EngineFactory for FlightEngineFactory {
     fn labels(&self) -> Vec<String> {
-        vec!["sluice".into(), "server".into(), "batch".into()]
+        let mut labels = vec!["sluice".into(), "server".into()];
+        labels.extend(self.mode.map(TestMode::labels).unwrap_or_default());
+        labels
     }
 
     async fn create(&self, ctx: &FileContext) -> Result<Box<dyn Engine>, EngineError> {
@@ -163,10 +203,14 @@ impl EngineFactory for FlightEngineFactory {
             "cookie",
             format!("arrow_flight_session_id={}", uuid::Uuid::new_v4().simple()),
         );
-        Ok(Box::new(FlightEngine {
+        let mut engine = FlightEngine {
             client,
             vars: ctx.vars.clone(),
-        }))
+        };
+        for sql in self.mode.map(TestMode::setup).unwrap_or_default() {
+            engine.run(&sql).await?;
+        }
+        Ok(Box::new(engine))
     }
 }
 

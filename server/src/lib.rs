@@ -13,6 +13,7 @@ mod output;
 mod progress;
 mod remote;
 pub mod run;
+pub mod slt;
 pub mod staged;
 pub mod worker;
 

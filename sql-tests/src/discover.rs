@@ -6,17 +6,17 @@ use crate::runner::RunnerError;
 
 /// One discovered `.slt` file.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct SltFile {
+pub struct SltFile {
     /// Path relative to its root, `/`-separated (the file name if the root
     /// is the file itself).
-    pub(crate) relative: String,
+    pub relative: String,
     /// Path to open.
-    pub(crate) path: PathBuf,
+    pub path: PathBuf,
 }
 
 /// All `.slt` files under `root` (or `root` itself if it is a file), sorted
 /// by relative path.
-pub(crate) fn discover(root: &Path) -> Result<Vec<SltFile>, RunnerError> {
+pub fn discover(root: &Path) -> Result<Vec<SltFile>, RunnerError> {
     let metadata = std::fs::metadata(root).map_err(|source| RunnerError::Discover {
         path: root.to_owned(),
         source,

@@ -35,6 +35,7 @@ mod test_engine;
 #[cfg(test)]
 mod tests;
 
+pub use discover::{SltFile, discover};
 pub use engine::{Engine, EngineError, EngineFactory, EngineOutput, FileContext};
 pub use harness::{parse_args, run_main, run_main_with, run_with_args, slt_trials};
 pub use runner::{

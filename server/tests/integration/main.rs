@@ -12,6 +12,7 @@ mod lookup;
 mod mysql;
 mod postgres;
 mod s3;
+mod slt_cmd;
 mod staged;
 mod statement_set;
 mod support;
@@ -20,7 +21,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use sluice_server::engine::EmbeddedEngineFactory;
+use sluice_server::engine::{EmbeddedEngineFactory, TestMode};
 use sluice_sql_tests::{RunnerConfig, run_main_with};
 
 fn main() -> ExitCode {
@@ -52,6 +53,7 @@ fn main() -> ExitCode {
     trials.extend(staged::trials());
     trials.extend(cluster::trials());
     trials.extend(statement_set::trials());
+    trials.extend(slt_cmd::trials());
     trials.extend(db_partitions::trials());
     trials.extend(flight::trials());
     trials.extend(flight::slt_trials(&config, &suites));
@@ -69,7 +71,7 @@ fn main() -> ExitCode {
     );
     run_main_with(
         config,
-        Arc::new(EmbeddedEngineFactory::default()),
+        Arc::new(EmbeddedEngineFactory::new(4, Some(TestMode::Streaming))),
         &[suites],
         trials,
     )

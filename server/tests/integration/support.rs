@@ -45,6 +45,13 @@ impl Scratch {
         c
     }
 
+    /// Runs `sluice` with `args` (a whole command line, e.g. `test ...`).
+    pub(crate) fn run_sluice(&self, args: &[&str]) -> Output {
+        let mut c = self.sluice();
+        c.args(args);
+        run_command(c, None)
+    }
+
     /// Runs `sluice run` with `args`, optionally feeding `stdin`.
     pub(crate) fn run(&self, args: &[&str], stdin: Option<&str>) -> Output {
         let mut c = self.sluice();
