@@ -54,6 +54,16 @@ pub(crate) async fn bind(
     Ok((listener, bound))
 }
 
+/// Accepted connections of a gRPC listener with `TCP_NODELAY` set, as
+/// tonic's own `serve` sets it: small HTTP/2 frames (heartbeats, reports,
+/// Flight SQL replies) leave at once instead of waiting for the peer's
+/// delayed ACK under Nagle's algorithm.
+pub(crate) fn grpc_incoming(
+    listener: tokio::net::TcpListener,
+) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
+}
+
 /// Writes `text` to `path` atomically (a temporary file renamed over it),
 /// so a reader polling for the file never sees half of it.
 pub(crate) fn write_listen_file(path: &std::path::Path, text: &str) -> Result<(), String> {

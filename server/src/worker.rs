@@ -10,7 +10,6 @@ use std::time::Duration;
 use datafusion::execution::runtime_env::RuntimeEnv;
 use sluice_connectors::{SecretResolver, StoreRegistry, TableOptions};
 use sluice_shuffle::{MemoryBudget, ShuffleService, ShuffleStore};
-use tokio_stream::wrappers::TcpListenerStream;
 
 /// `sluice shuffle-worker`.
 #[derive(Debug, clap::Args)]
@@ -140,7 +139,7 @@ async fn run_inner(args: ShuffleWorkerArgs) -> Result<(), String> {
     tonic::transport::Server::builder()
         .add_service(service.into_server())
         .serve_with_incoming_shutdown(
-            TcpListenerStream::new(listener),
+            crate::http::grpc_incoming(listener),
             crate::run::shutdown_signal(),
         )
         .await

@@ -22,7 +22,6 @@ use object_store::path::Path as StorePath;
 use sluice_connectors::{SecretResolver, StoreRegistry, TableOptions};
 use sluice_planner::PersistentCatalog;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use self::auth::Authenticator;
 use self::outer::SluiceFlightService;
@@ -318,7 +317,7 @@ async fn serve_inner(args: ServerArgs) -> Result<(), String> {
     }
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(builder.add_service(service).serve_with_incoming_shutdown(
-        TcpListenerStream::new(listener),
+        crate::http::grpc_incoming(listener),
         async {
             let _ = stop_rx.await;
         },
@@ -418,7 +417,7 @@ async fn start_cluster(
     tokio::spawn(async move {
         let served = tonic::transport::Server::builder()
             .add_service(service)
-            .serve_with_incoming(TcpListenerStream::new(listener))
+            .serve_with_incoming(crate::http::grpc_incoming(listener))
             .await;
         if let Err(e) = served {
             tracing::error!("cluster endpoint failed: {e}");
