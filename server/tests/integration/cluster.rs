@@ -435,6 +435,15 @@ fn finish_job(cluster: &Cluster<'_>, job: Child) -> Result<(), Failed> {
     Ok(())
 }
 
+/// Files of a file table outside Sluice's own `_sluice/` area: what a
+/// reader of the table sees.
+fn published_files(table: &Path) -> Vec<String> {
+    files_below(table)
+        .into_iter()
+        .filter(|f| !f.starts_with("_sluice/"))
+        .collect()
+}
+
 /// The table holds the job's result once: one committed set of files.
 fn check_totals(s: &Scratch, cluster: &Cluster<'_>, data: &Path, out: &Path) -> Result<(), Failed> {
     let expected = expected_totals(data)?;
@@ -713,10 +722,7 @@ fn restarted_coordinator_reclaims_its_job() -> Result<(), Failed> {
     {
         return Err(format!("the reclaimed job was not reported\n{log}").into());
     }
-    let written: Vec<String> = files_below(&out)
-        .into_iter()
-        .filter(|f| !f.starts_with("_sluice/"))
-        .collect();
+    let written = published_files(&out);
     if !written.is_empty() {
         return Err(format!("the interrupted job published files: {written:?}").into());
     }
@@ -756,10 +762,7 @@ fn bad_value_fails_without_retries() -> Result<(), Failed> {
     if retries != Some(0) || err.contains("times; last error") {
         return Err(format!("a cast error was retried ({retries:?} retries)\n{err}").into());
     }
-    let written: Vec<String> = files_below(&out)
-        .into_iter()
-        .filter(|f| !f.starts_with("_sluice/"))
-        .collect();
+    let written = published_files(&out);
     if !written.is_empty() {
         return Err(format!("the failed job published files: {written:?}").into());
     }
