@@ -69,9 +69,25 @@ pub struct ExecutorRegistries {
 
 /// Encodes a task's plan instance.
 pub fn encode_stage_plan(plan: &Arc<dyn ExecutionPlan>) -> Result<Bytes> {
-    let codec = StageCodec { registries: None };
+    let codec = StageCodec {
+        registries: None,
+        unsendable: Default::default(),
+    };
     let body =
-        physical_plan_to_bytes_with_proto_converter(Arc::clone(plan), &codec, &StageConverter)?;
+        physical_plan_to_bytes_with_proto_converter(Arc::clone(plan), &codec, &StageConverter)
+            .map_err(|e| {
+                // DataFusion wraps the codec's refusal with a dump of the whole
+                // plan; name the operator instead. Encoding the same plan again
+                // fails the same way, which `NotImplemented` tells retries.
+                match codec.unsendable.lock().expect("codec lock").take() {
+                    Some(operator) => DataFusionError::NotImplemented(format!(
+                        "operator {operator} cannot be sent to an executor yet; run this \
+                 statement with SET 'execution.runtime-mode' = 'streaming', which \
+                 runs it in one process"
+                    )),
+                    None => e,
+                }
+            })?;
     let envelope = StagePlanEnvelope {
         version: STAGE_PLAN_VERSION,
         plan: body.to_vec(),
@@ -90,6 +106,7 @@ pub fn decode_stage_plan(
     check_version(envelope.version, "stage plan")?;
     let codec = StageCodec {
         registries: Some(registries.clone()),
+        unsendable: Default::default(),
     };
     physical_plan_from_bytes_with_proto_converter(&envelope.plan, ctx, &codec, &StageConverter)
 }
@@ -202,6 +219,8 @@ fn from_json<'a, T: Deserialize<'a>>(kind: &str, bytes: &'a [u8]) -> Result<T> {
 #[derive(Debug)]
 struct StageCodec {
     registries: Option<ExecutorRegistries>,
+    /// The first operator encoding met that has no wire form.
+    unsendable: std::sync::Mutex<Option<String>>,
 }
 
 impl StageCodec {
@@ -434,6 +453,10 @@ impl PhysicalExtensionCodec for StageCodec {
             out.schema = Some((&c.full_schema()).try_into()?);
             out.header = json(&c.descriptor())?;
         } else {
+            self.unsendable
+                .lock()
+                .expect("codec lock")
+                .get_or_insert_with(|| node.name().to_string());
             return Err(DataFusionError::NotImplemented(format!(
                 "operator {} cannot be sent to an executor",
                 node.name()

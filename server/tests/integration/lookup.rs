@@ -40,7 +40,37 @@ fn postgres_dimension() -> Result<(), Failed> {
         "customers",
         ", 'lookup.cache.max-rows' = '0'",
     );
-    lookup_matches_plain_join(&cached, &uncached, "PostgresScanExec")
+    lookup_matches_plain_join(&cached, &uncached, "PostgresScanExec")?;
+    unsendable_lookup_fails_at_once(&cached)
+}
+
+/// A lookup join cannot travel to an executor yet. With every task's
+/// plan sent through the executor wire format, the statement fails at
+/// once, naming the operator: a plan that cannot be encoded is not retried.
+fn unsendable_lookup_fails_at_once(declare: &str) -> Result<(), Failed> {
+    let sc = Scratch::new();
+    sc.write("in/orders.csv", ORDERS);
+    let script = format!(
+        "SET 'execution.runtime-mode' = 'batch';\n\
+         SET 'sluice.serialize_stage_plans' = 'true';\n\
+         SET 'sluice.shuffle_dir' = 'shuffle';\n\
+         SET datafusion.execution.target_partitions = 2;\n\
+         CREATE EXTERNAL TABLE orders (order_id BIGINT, cust_id INT, amount DOUBLE) \
+           STORED AS CSV LOCATION 'in/orders.csv' OPTIONS ('format.has_header' 'true');\n\
+         {declare};\n\
+         SELECT c.region, count(*) FROM orders o JOIN customers FOR SYSTEM_TIME AS OF \
+           o.proc_time AS c ON o.cust_id = c.id GROUP BY c.region;\n"
+    );
+    let o = sc.run(&["-e", &script], None);
+    let err = crate::support::stderr(&o);
+    check(
+        o.status.code() == Some(1)
+            && err.contains("LookupJoinExec cannot be sent to an executor yet")
+            && !err.contains("times; last error")
+            && !err.contains("Plan: "),
+        "an unsendable plan fails at once, naming the operator",
+        &o,
+    )
 }
 
 fn mysql_dimension() -> Result<(), Failed> {
