@@ -35,14 +35,66 @@ pub trait Catalog: Debug + Send + Sync {
     /// Removes a declaration, returning it.
     async fn drop_table(&self, name: &str) -> Result<Option<TableEntry>>;
 
-    /// Names of all declared tables, sorted.
+    /// Names of all declared tables, sorted. A table outside the default
+    /// schema is named `schema.table`.
     async fn list(&self) -> Result<Vec<String>>;
+
+    /// Creates schema `name`; errors if it exists unless `if_not_exists`.
+    async fn create_schema(&self, name: &str, if_not_exists: bool) -> Result<()>;
+
+    /// Removes schema `name`, returning whether it existed. The caller has
+    /// dropped its tables first.
+    async fn drop_schema(&self, name: &str) -> Result<bool>;
+
+    /// Names of the created schemas (not the default one), sorted.
+    async fn schemas(&self) -> Result<Vec<String>>;
+}
+
+/// The schema part of a catalog key (`schema.table`), if any.
+pub fn key_schema(key: &str) -> Option<&str> {
+    key.split_once('.').map(|(s, _)| s)
+}
+
+fn check_schema(schemas: &std::collections::BTreeSet<String>, key: &str) -> Result<()> {
+    match key_schema(key) {
+        Some(schema) if !schemas.contains(schema) => Err(PlannerError::SchemaNotFound {
+            name: schema.to_string(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn schema_names(schemas: &RwLock<std::collections::BTreeSet<String>>) -> Vec<String> {
+    schemas
+        .read()
+        .expect("catalog lock")
+        .iter()
+        .cloned()
+        .collect()
+}
+
+fn insert_schema(
+    schemas: &mut std::collections::BTreeSet<String>,
+    name: &str,
+    if_not_exists: bool,
+) -> Result<bool> {
+    if schemas.contains(name) || name == crate::session::DEFAULT_SCHEMA {
+        if if_not_exists {
+            return Ok(false);
+        }
+        return Err(PlannerError::SchemaExists {
+            name: name.to_string(),
+        });
+    }
+    schemas.insert(name.to_string());
+    Ok(true)
 }
 
 /// A catalog held in memory for the length of a run.
 #[derive(Debug, Default)]
 pub struct MemoryCatalog {
     tables: RwLock<BTreeMap<String, TableEntry>>,
+    schemas: RwLock<std::collections::BTreeSet<String>>,
 }
 
 impl MemoryCatalog {
@@ -59,6 +111,7 @@ impl Catalog for MemoryCatalog {
     }
 
     async fn create(&self, name: &str, entry: TableEntry, replace: bool) -> Result<()> {
+        check_schema(&self.schemas.read().expect("catalog lock"), name)?;
         let mut tables = self.tables.write().expect("catalog lock");
         if !replace && tables.contains_key(name) {
             return Err(PlannerError::TableExists {
@@ -82,6 +135,23 @@ impl Catalog for MemoryCatalog {
             .cloned()
             .collect())
     }
+
+    async fn create_schema(&self, name: &str, if_not_exists: bool) -> Result<()> {
+        insert_schema(
+            &mut self.schemas.write().expect("catalog lock"),
+            name,
+            if_not_exists,
+        )
+        .map(|_| ())
+    }
+
+    async fn drop_schema(&self, name: &str) -> Result<bool> {
+        Ok(self.schemas.write().expect("catalog lock").remove(name))
+    }
+
+    async fn schemas(&self) -> Result<Vec<String>> {
+        Ok(schema_names(&self.schemas))
+    }
 }
 
 /// Version of the stored catalog document.
@@ -90,6 +160,9 @@ pub const CATALOG_FORMAT_VERSION: u32 = 1;
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct StoredCatalog {
     format_version: u32,
+    /// Created schemas; absent in documents written before schemas existed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    schemas: Vec<String>,
     tables: Vec<StoredTable>,
 }
 
@@ -110,6 +183,7 @@ pub struct PersistentCatalog {
     store: std::sync::Arc<dyn object_store::ObjectStore>,
     path: object_store::path::Path,
     tables: RwLock<BTreeMap<String, TableEntry>>,
+    schemas: RwLock<std::collections::BTreeSet<String>>,
     /// DDL that could not be bound at start-up; kept so it is not lost.
     unbound: RwLock<BTreeMap<String, String>>,
     /// Serialises writes of the document.
@@ -140,17 +214,19 @@ impl PersistentCatalog {
                         ),
                     });
                 }
-                doc.tables
+                (doc.schemas, doc.tables)
             }
-            Err(object_store::Error::NotFound { .. }) => vec![],
+            Err(object_store::Error::NotFound { .. }) => (vec![], vec![]),
             Err(e) => return Err(catalog_error(&path, e)),
         };
+        let (schemas, stored) = stored;
         let pairs = stored.into_iter().map(|t| (t.name, t.ddl)).collect();
         Ok((
             Self {
                 store,
                 path,
                 tables: RwLock::default(),
+                schemas: RwLock::new(schemas.into_iter().collect()),
                 unbound: RwLock::default(),
                 write: tokio::sync::Mutex::new(()),
             },
@@ -192,6 +268,7 @@ impl PersistentCatalog {
         tables.sort_by(|a, b| a.name.cmp(&b.name));
         let doc = StoredCatalog {
             format_version: CATALOG_FORMAT_VERSION,
+            schemas: schema_names(&self.schemas),
             tables,
         };
         let bytes = serde_json::to_vec_pretty(&doc).expect("catalog serialises");
@@ -219,6 +296,7 @@ impl Catalog for PersistentCatalog {
 
     async fn create(&self, name: &str, entry: TableEntry, replace: bool) -> Result<()> {
         {
+            check_schema(&self.schemas.read().expect("catalog lock"), name)?;
             let mut tables = self.tables.write().expect("catalog lock");
             if !replace && tables.contains_key(name) {
                 return Err(PlannerError::TableExists {
@@ -248,5 +326,29 @@ impl Catalog for PersistentCatalog {
             .keys()
             .cloned()
             .collect())
+    }
+
+    async fn create_schema(&self, name: &str, if_not_exists: bool) -> Result<()> {
+        let created = insert_schema(
+            &mut self.schemas.write().expect("catalog lock"),
+            name,
+            if_not_exists,
+        )?;
+        if created {
+            self.save().await?;
+        }
+        Ok(())
+    }
+
+    async fn drop_schema(&self, name: &str) -> Result<bool> {
+        let removed = self.schemas.write().expect("catalog lock").remove(name);
+        if removed {
+            self.save().await?;
+        }
+        Ok(removed)
+    }
+
+    async fn schemas(&self) -> Result<Vec<String>> {
+        Ok(schema_names(&self.schemas))
     }
 }

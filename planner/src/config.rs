@@ -195,6 +195,8 @@ pub const ALIASES: &[(&str, &str)] = &[
         "datafusion.execution.target_partitions",
     ),
     ("table.local-time-zone", "datafusion.execution.time_zone"),
+    // PostgreSQL's and DataFusion's `SET timezone TO ...`.
+    ("timezone", "datafusion.execution.time_zone"),
     ("sql-client.execution.result-mode", ""),
     (
         "spark.sql.sources.partitionOverwriteMode",
@@ -241,6 +243,15 @@ pub fn resolve_setting(key: &str, value: &str, config: &SessionConfig) -> Result
                     reason: "use 'batch' or 'streaming'".to_string(),
                 });
             }
+        }
+        "datafusion.sql_parser.dialect" if !value.eq_ignore_ascii_case("generic") => {
+            return Err(PlannerError::InvalidSetting {
+                key: key.to_string(),
+                value,
+                reason: "Sluice parses SQL with its own dialect (DataFusion's generic dialect \
+                         with Flink's extensions), which cannot be changed"
+                    .to_string(),
+            });
         }
         "sluice.partition_overwrite_mode" => {
             value = value.to_ascii_lowercase();

@@ -80,6 +80,14 @@ fn quote_ident(name: &str) -> String {
 }
 
 /// Canonical Flink-style DDL for a table; secrets print as `secret('NAME')`.
+/// A catalog key as SQL: `schema.table` with each part quoted as needed.
+pub(crate) fn render_key(key: &str) -> String {
+    match key.split_once('.') {
+        Some((schema, table)) => format!("{}.{}", quote_ident(schema), quote_ident(table)),
+        None => quote_ident(key),
+    }
+}
+
 pub(crate) fn render_create_table(spec: &TableSpec, temporary: bool) -> String {
     let mut lines = vec![];
     if let Some(schema) = &spec.columns {
@@ -100,7 +108,7 @@ pub(crate) fn render_create_table(spec: &TableSpec, temporary: bool) -> String {
     let mut out = format!(
         "CREATE {}TABLE {} (\n{}\n)",
         if temporary { "TEMPORARY " } else { "" },
-        quote_ident(&spec.name),
+        render_key(&spec.name),
         lines.join(",\n")
     );
     if !spec.partition_cols.is_empty() {

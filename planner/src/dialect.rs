@@ -46,6 +46,12 @@ impl Dialect for SluiceDialect {
         true
     }
 
+    /// `CREATE [EXTERNAL] TABLE t (a INT, b INT,)`, as DataFusion's parser
+    /// accepts.
+    fn supports_column_definition_trailing_commas(&self) -> bool {
+        true
+    }
+
     forward! {
         supports_unicode_string_literal,
         supports_partition_by_after_order_by,

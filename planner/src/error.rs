@@ -65,6 +65,28 @@ pub enum PlannerError {
         /// Table name.
         name: String,
     },
+    /// A schema that does not exist.
+    #[error("schema '{name}' does not exist; create it first with CREATE SCHEMA {name}")]
+    SchemaNotFound {
+        /// Schema name.
+        name: String,
+    },
+    /// A schema that already exists.
+    #[error("schema '{name}' already exists; use CREATE SCHEMA IF NOT EXISTS or DROP SCHEMA first")]
+    SchemaExists {
+        /// Schema name.
+        name: String,
+    },
+    /// DROP SCHEMA without CASCADE on a schema that holds tables.
+    #[error(
+        "schema '{name}' is not empty (tables: {tables}); drop them first or use DROP SCHEMA {name} CASCADE"
+    )]
+    SchemaNotEmpty {
+        /// Schema name.
+        name: String,
+        /// The tables it holds.
+        tables: String,
+    },
     /// A statement or clause Sluice does not support.
     #[error("{what} is not supported: {hint}")]
     Unsupported {

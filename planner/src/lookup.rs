@@ -133,7 +133,7 @@ impl VisitorMut for LookupRewriter {
                 "FOR SYSTEM_TIME AS OF applies to a declared table, not to the table function {name}"
             )));
         }
-        let table = match crate::session::table_name(name) {
+        let table = match crate::session::table_key(name, crate::session::DEFAULT_SCHEMA) {
             Ok(t) => t,
             Err(e) => return ControlFlow::Break(e),
         };

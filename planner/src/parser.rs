@@ -13,7 +13,6 @@ use datafusion::sql::sqlparser::ast::{
     ColumnDef, Expr, Insert, ObjectName, ObjectType, Query, ShowCreateObject, Statement,
     TableConstraint,
 };
-use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
 use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
@@ -170,7 +169,7 @@ fn syntax_at(message: impl Into<String>, tok: &TokenWithSpan) -> PlannerError {
 
 /// Parses one statement (no trailing `;` needed).
 pub fn parse_statement(sql: &str) -> Result<SluiceStatement> {
-    let dialect = GenericDialect {};
+    let dialect = crate::dialect::SluiceDialect;
     let tokens = Tokenizer::new(&dialect, sql)
         .tokenize_with_location()
         .map_err(|e| PlannerError::Syntax {
@@ -594,6 +593,12 @@ fn parse_set(p: &mut Parser<'_>) -> Result<SluiceStatement> {
     let value = match &t.token {
         Token::SingleQuotedString(s) | Token::DoubleQuotedString(s) => s.clone(),
         Token::Number(n, _) => n.clone(),
+        Token::Word(w) if w.keyword == Keyword::NULL => {
+            return Err(datafusion::error::DataFusionError::Plan(format!(
+                "Unsupported value Null: SET {key} needs a value; RESET {key} restores its default"
+            ))
+            .into());
+        }
         Token::Word(w) => w.value.clone(),
         Token::Minus => match p.next_token().token {
             Token::Number(n, _) => format!("-{n}"),

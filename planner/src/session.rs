@@ -74,7 +74,7 @@ impl StatementKind {
 /// A write ready to run: a plan with a [`SinkExec`] at its root.
 #[derive(Debug, Clone)]
 pub struct WriteJob {
-    /// INSERT, INSERT OVERWRITE or COPY.
+    /// INSERT, INSERT OVERWRITE, COPY or CREATE TABLE AS.
     pub kind: StatementKind,
     /// Target table and location.
     pub target: String,
@@ -268,6 +268,179 @@ impl SluiceSession {
         self.catalog.get(name).await
     }
 
+    /// The schema unqualified table names are in.
+    pub fn current_schema(&self) -> String {
+        self.ctx
+            .state()
+            .config()
+            .options()
+            .catalog
+            .default_schema
+            .clone()
+    }
+
+    /// How this session names the table keyed `key`: bare in the current
+    /// schema, `schema.table` elsewhere (`public.t` from another schema).
+    pub fn display_name(&self, key: &str) -> String {
+        let current = self.current_schema();
+        match key.split_once('.') {
+            Some((schema, table)) if schema == current => table.to_string(),
+            Some(_) => key.to_string(),
+            None if current == DEFAULT_SCHEMA => key.to_string(),
+            None => format!("{DEFAULT_SCHEMA}.{key}"),
+        }
+    }
+
+    /// The catalog key of `name` in this session (see [`table_key`]).
+    pub fn table_key(&self, name: &ObjectName) -> Result<String> {
+        table_key(name, &self.current_schema())
+    }
+
+    /// Makes DataFusion's catalog hold the schemas of the Sluice catalog,
+    /// so that `schema.table` resolves in queries.
+    async fn sync_schemas(&self) -> Result<()> {
+        let wanted = self.catalog.schemas().await?;
+        let Some(catalog) = self.ctx.catalog(DEFAULT_CATALOG) else {
+            return Ok(());
+        };
+        for name in catalog.schema_names() {
+            let builtin = name == DEFAULT_SCHEMA || name == "information_schema";
+            if !builtin && !wanted.contains(&name) {
+                catalog.deregister_schema(&name, true)?;
+            }
+        }
+        for name in wanted {
+            self.ensure_df_schema(&name)?;
+        }
+        Ok(())
+    }
+
+    /// Removes `key` from DataFusion's catalog; nothing to do when its
+    /// schema is gone (dropped by another session).
+    fn unregister(&self, key: &str) -> Result<()> {
+        if let Some(schema) = crate::catalog::key_schema(key)
+            && self
+                .ctx
+                .catalog(DEFAULT_CATALOG)
+                .is_none_or(|c| c.schema(schema).is_none())
+        {
+            return Ok(());
+        }
+        self.ctx.deregister_table(key)?;
+        Ok(())
+    }
+
+    fn ensure_df_schema(&self, name: &str) -> Result<()> {
+        if let Some(catalog) = self.ctx.catalog(DEFAULT_CATALOG)
+            && catalog.schema(name).is_none()
+        {
+            catalog.register_schema(
+                name,
+                Arc::new(datafusion::catalog::MemorySchemaProvider::new()),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// `CREATE SCHEMA [IF NOT EXISTS] name`: a namespace for tables,
+    /// shared by a server's sessions like its tables.
+    async fn create_schema(&self, name: &str, if_not_exists: bool) -> Result<Planned> {
+        let name = normalise_schema(name)?;
+        self.catalog.create_schema(&name, if_not_exists).await?;
+        self.ensure_df_schema(&name)?;
+        Ok(Planned::Done {
+            kind: StatementKind::Ddl,
+            target: Some(name.clone()),
+            message: format!("created schema {name}"),
+        })
+    }
+
+    /// `DROP SCHEMA [IF EXISTS] name [CASCADE]`: with CASCADE, drops the
+    /// schema's tables first (removing the data of warehouse tables).
+    async fn drop_schema(&self, name: &str, if_exists: bool, cascade: bool) -> Result<Planned> {
+        let name = normalise_schema(name)?;
+        if !self.catalog.schemas().await?.contains(&name) {
+            if if_exists {
+                return Ok(Planned::Done {
+                    kind: StatementKind::Ddl,
+                    target: Some(name.clone()),
+                    message: format!("schema {name} does not exist; skipped"),
+                });
+            }
+            return Err(PlannerError::SchemaNotFound { name });
+        }
+        let prefix = format!("{name}.");
+        let tables: Vec<String> = self
+            .table_names()
+            .await?
+            .into_iter()
+            .filter(|t| t.starts_with(&prefix))
+            .collect();
+        if !tables.is_empty() && !cascade {
+            return Err(PlannerError::SchemaNotEmpty {
+                name,
+                tables: tables.join(", "),
+            });
+        }
+        for key in &tables {
+            self.drop_key(key).await?;
+        }
+        self.catalog.drop_schema(&name).await?;
+        if let Some(catalog) = self.ctx.catalog(DEFAULT_CATALOG) {
+            // Views and DataFusion tables of this session go with it.
+            catalog.deregister_schema(&name, true)?;
+        }
+        Ok(Planned::Done {
+            kind: StatementKind::Ddl,
+            target: Some(name.clone()),
+            message: format!("dropped schema {name}"),
+        })
+    }
+
+    /// Removes the declaration `key`, unbinds it and, for a table the
+    /// warehouse owns, deletes its data. Returns whether it was declared.
+    async fn drop_key(&self, key: &str) -> Result<bool> {
+        let entry = match self.temp.drop_table(key).await? {
+            Some(e) => Some(e),
+            None => self.catalog.drop_table(key).await?,
+        };
+        let Some(entry) = entry else {
+            return Ok(false);
+        };
+        self.tables.lock().expect("tables lock").remove(key);
+        self.unregister(key)?;
+        self.delete_warehouse_data(key, &entry).await?;
+        Ok(true)
+    }
+
+    /// Deletes the files of a warehouse table (one Sluice created without a
+    /// connector), so a table created again under the name starts empty.
+    async fn delete_warehouse_data(&self, key: &str, entry: &TableEntry) -> Result<()> {
+        use futures::{StreamExt, TryStreamExt};
+        let Some(root) = &self.warehouse else {
+            return Ok(());
+        };
+        let owned = format!("{root}{key}/");
+        let path = entry.spec.options.literal("path")?;
+        if entry.spec.connector != "filesystem" || path != Some(owned.as_str()) {
+            return Ok(());
+        }
+        let location = self.factory.stores().resolve(&owned, &entry.spec.options)?;
+        let store = Arc::clone(&location.store);
+        let paths = store
+            .list(Some(&location.path))
+            .map_ok(|m| m.location)
+            .boxed();
+        store
+            .delete_stream(paths)
+            .try_collect::<Vec<_>>()
+            .await
+            .map_err(|e| PlannerError::Catalog {
+                message: format!("cannot delete the data of table {key} under {owned}: {e}"),
+            })?;
+        Ok(())
+    }
+
     /// Names of every declared table visible to this session.
     pub async fn table_names(&self) -> Result<Vec<String>> {
         let mut names = self.temp.list().await?;
@@ -280,6 +453,7 @@ impl SluiceSession {
     /// Binds declarations other sessions made or changed since this
     /// session last looked, and unbinds dropped ones.
     pub async fn sync_tables(&self) -> Result<()> {
+        self.sync_schemas().await?;
         let names = self.table_names().await?;
         let mut wanted: Vec<(String, TableEntry)> = Vec::with_capacity(names.len());
         for name in names {
@@ -297,7 +471,7 @@ impl SluiceSession {
         };
         for name in stale {
             self.tables.lock().expect("tables lock").remove(&name);
-            self.ctx.deregister_table(name.as_str())?;
+            self.unregister(&name)?;
         }
         for (name, entry) in wanted {
             let bound = self.tables.lock().expect("tables lock").contains_key(&name);
@@ -316,6 +490,9 @@ impl SluiceSession {
 
     fn bind(&self, name: &str, ddl: String, table: Arc<dyn ConnectorTable>) -> Result<()> {
         let provider: Arc<dyn datafusion::catalog::TableProvider> = Arc::clone(&table) as _;
+        if let Some(schema) = crate::catalog::key_schema(name) {
+            self.ensure_df_schema(schema)?;
+        }
         self.ctx.deregister_table(name)?;
         self.ctx.register_table(name, provider)?;
         self.tables
@@ -371,6 +548,15 @@ impl SluiceSession {
             temporary,
         };
         if temporary {
+            // The session's own catalog follows the shared one's schemas.
+            if let Some(schema) = crate::catalog::key_schema(&name) {
+                if !self.catalog.schemas().await?.iter().any(|s| s == schema) {
+                    return Err(PlannerError::SchemaNotFound {
+                        name: schema.to_string(),
+                    });
+                }
+                self.temp.create_schema(schema, true).await?;
+            }
             self.temp.create(&name, entry, replace).await?;
         } else {
             self.catalog.create(&name, entry, replace).await?;
@@ -400,7 +586,7 @@ impl SluiceSession {
             .iter()
             .all(|n| schema.field_with_name(n).is_ok());
         let columns = if by_name { source_names } else { vec![] };
-        let plan = project_to_target(target, source, &schema, &columns, &[])?;
+        let plan = project_to_target(&self.display_name(target), source, &schema, &columns, &[])?;
         let (mode, kind) = if overwrite {
             (WriteMode::Overwrite, StatementKind::InsertOverwrite)
         } else {
@@ -465,6 +651,20 @@ impl SluiceSession {
         }
         if setting.key == "sluice.runtime_mode" {
             apply_mode_settings(state.config_mut().options_mut(), &setting.value)?;
+        }
+        // Functions that depend on settings (now() on the time zone) are
+        // rebuilt, as DataFusion's own SET does.
+        let updated: Vec<_> = state
+            .scalar_functions()
+            .values()
+            .filter_map(|udf| {
+                udf.inner()
+                    .with_updated_config(state.config().options())
+                    .map(Arc::new)
+            })
+            .collect();
+        for udf in updated {
+            datafusion::execution::FunctionRegistry::register_udf(&mut *state, udf)?;
         }
         Ok(Planned::Done {
             kind: StatementKind::Set,
@@ -593,7 +793,7 @@ impl SluiceSession {
     }
 
     async fn create_table(&self, c: CreateTable) -> Result<Planned> {
-        let name = table_name(&c.name)?;
+        let name = self.table_key(&c.name)?;
         if !c.or_replace && self.table_entry(&name).await?.is_some() {
             if c.if_not_exists {
                 return Ok(Planned::Done {
@@ -602,7 +802,9 @@ impl SluiceSession {
                     message: format!("table {name} exists; skipped"),
                 });
             }
-            return Err(PlannerError::TableExists { name });
+            return Err(PlannerError::TableExists {
+                name: self.display_name(&name),
+            });
         }
         let mut options = self.with_connection(c.options.clone())?;
         let connector = match options.remove("connector") {
@@ -674,11 +876,8 @@ impl SluiceSession {
     async fn drop_tables(&self, names: Vec<ObjectName>, if_exists: bool) -> Result<Planned> {
         let mut dropped = vec![];
         for n in &names {
-            let name = table_name(n)?;
-            let dropped_temp = self.temp.drop_table(&name).await?.is_some();
-            if dropped_temp || self.catalog.drop_table(&name).await?.is_some() {
-                self.tables.lock().expect("tables lock").remove(&name);
-                self.ctx.deregister_table(name.as_str())?;
+            let name = self.table_key(n)?;
+            if self.drop_key(&name).await? {
                 dropped.push(name);
             } else if self.ctx.table_exist(name.as_str())? {
                 // A DataFusion table (CREATE TABLE AS, views are DROP VIEW).
@@ -703,9 +902,15 @@ impl SluiceSession {
     }
 
     async fn not_found(&self, name: &str) -> PlannerError {
-        let known = self.table_names().await.unwrap_or_default();
+        let known: Vec<String> = self
+            .table_names()
+            .await
+            .unwrap_or_default()
+            .iter()
+            .map(|k| self.display_name(k))
+            .collect();
         PlannerError::TableNotFound {
-            name: name.to_string(),
+            name: self.display_name(name),
             known: if known.is_empty() {
                 "none declared".to_string()
             } else {
@@ -715,14 +920,23 @@ impl SluiceSession {
     }
 
     async fn show_create_table(&self, name: &ObjectName) -> Result<Planned> {
-        let name = table_name(name)?;
+        let name = self.table_key(name)?;
         let Some(entry) = self.table_entry(&name).await? else {
             return Err(self.not_found(&name).await);
         };
+        // Named as this session names it; the catalog keeps the key.
+        let shown = self.display_name(&name);
+        let ddl = render_create_table(
+            &TableSpec {
+                name: shown.clone(),
+                ..entry.spec.clone()
+            },
+            entry.temporary,
+        );
         let sql = format!(
             "SELECT {} AS table_name, {} AS create_statement",
-            quote_literal(&name),
-            quote_literal(&entry.ddl)
+            quote_literal(&shown),
+            quote_literal(&ddl)
         );
         let df = self.ctx.sql(&sql).await?;
         Ok(Planned::Query {
@@ -783,7 +997,7 @@ impl SluiceSession {
                 hint: "insert into a declared table".into(),
             });
         };
-        let name = table_name(target_name)?;
+        let name = self.table_key(target_name)?;
         let table = self.connector_table(&name).await?;
         let Some(source) = insert.source.clone() else {
             return Err(PlannerError::Unsupported {
@@ -877,7 +1091,7 @@ impl SluiceSession {
         let target_schema = table.schema();
         let insert_columns: Vec<String> = insert.columns.iter().map(ident_name).collect();
         let plan = project_to_target(
-            &name,
+            &self.display_name(&name),
             source_plan,
             &target_schema,
             &insert_columns,
@@ -901,7 +1115,7 @@ impl SluiceSession {
         let source_plan = match copy.source {
             CopySource::Query(q) => self.plan_query(*q).await?,
             CopySource::Table(t) => {
-                let name = table_name(&t)?;
+                let name = self.table_key(&t)?;
                 self.ctx.table(name.as_str()).await?.into_unoptimized_plan()
             }
         };
@@ -1022,8 +1236,36 @@ impl SluiceSession {
             let planned = Box::pin(self.plan_datafusion(inner, index, true)).await?;
             return self.explain_planned(planned).await;
         }
+        // SHOW TABLES lists the current schema (and the information
+        // schema), as in Flink: a server's other schemas belong to others.
+        if let DfStatement::Statement(inner) = &stmt
+            && matches!(inner.as_ref(), Statement::ShowTables { .. })
+            && inner.to_string().eq_ignore_ascii_case("SHOW TABLES")
+        {
+            let sql = format!(
+                "SELECT table_catalog, table_schema, table_name, table_type \
+                 FROM information_schema.tables \
+                 WHERE table_schema IN ({}, 'information_schema')",
+                quote_literal(&self.current_schema())
+            );
+            let df = self.ctx.sql(&sql).await?;
+            return Ok(Planned::Query {
+                plan: df.create_physical_plan().await?,
+            });
+        }
         let state = self.ctx.state();
         let plan = state.statement_to_plan(stmt).await?;
+        match &plan {
+            LogicalPlan::Ddl(DdlStatement::CreateCatalogSchema(c)) => {
+                return self.create_schema(&c.schema_name, c.if_not_exists).await;
+            }
+            LogicalPlan::Ddl(DdlStatement::DropCatalogSchema(d)) => {
+                return self
+                    .drop_schema(&d.name.to_string(), d.if_exists, d.cascade)
+                    .await;
+            }
+            _ => {}
+        }
         if let LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(cmt)) = &plan
             && self.warehouse.is_some()
             && !cmt.temporary
@@ -1047,6 +1289,19 @@ impl SluiceSession {
                 what: "this DML statement".into(),
                 hint: "use INSERT INTO / INSERT OVERWRITE on a declared table".into(),
             }),
+            // Forms Sluice's own SET does not parse (SET TIME ZONE ...).
+            LogicalPlan::Statement(datafusion::logical_expr::Statement::SetVariable(v)) => {
+                self.set(&v.variable, &v.value)
+            }
+            LogicalPlan::Statement(datafusion::logical_expr::Statement::ResetVariable(r)) => {
+                let target = r.variable.clone();
+                self.ctx.execute_logical_plan(plan).await?;
+                Ok(Planned::Done {
+                    kind: StatementKind::Set,
+                    target: Some(target.clone()),
+                    message: format!("{target} reset to its default"),
+                })
+            }
             LogicalPlan::Statement(_) => Err(PlannerError::Unsupported {
                 what: format!("statement '{}'", plan.display()),
                 hint: "Sluice scripts run each statement on its own; transactions and \
@@ -1069,7 +1324,10 @@ impl SluiceSession {
         cmt: &datafusion::logical_expr::CreateMemoryTable,
         dry_run: bool,
     ) -> Result<Planned> {
-        let name = cmt.name.table().to_string();
+        let name = schema_key(
+            cmt.name.schema().unwrap_or(&self.current_schema()),
+            cmt.name.table(),
+        );
         if self.table_entry(&name).await?.is_some() || self.ctx.table_exist(name.as_str())? {
             if cmt.if_not_exists {
                 return Ok(Planned::Done {
@@ -1079,7 +1337,9 @@ impl SluiceSession {
                 });
             }
             if !cmt.or_replace {
-                return Err(PlannerError::TableExists { name });
+                return Err(PlannerError::TableExists {
+                    name: self.display_name(&name),
+                });
             }
         }
         let schema = Arc::new(cmt.input.schema().as_arrow().clone());
@@ -1112,8 +1372,16 @@ impl SluiceSession {
                 message: format!("created table {name}"),
             });
         }
-        self.plan_insert_plan(&name, cmt.input.as_ref().clone(), true)
-            .await
+        match self
+            .plan_insert_plan(&name, cmt.input.as_ref().clone(), true)
+            .await?
+        {
+            Planned::Write(mut job) => {
+                job.kind = StatementKind::CreateTable;
+                Ok(Planned::Write(job))
+            }
+            other => Ok(other),
+        }
     }
 
     /// The stage graph `plan` would run as, for display: task counts as
@@ -1272,8 +1540,10 @@ fn project_to_target(
     Ok(LogicalPlanBuilder::from(source).project(exprs)?.build()?)
 }
 
-/// Normalised table name: unquoted identifiers are lower-cased.
-pub fn table_name(name: &ObjectName) -> Result<String> {
+/// The catalog key of a table name: unquoted identifiers are lower-cased;
+/// a table in the default schema is keyed by its name, a table in another
+/// schema by `schema.table`. An unqualified name is in `current_schema`.
+pub fn table_key(name: &ObjectName, current_schema: &str) -> Result<String> {
     let parts: Vec<String> = name
         .0
         .iter()
@@ -1282,13 +1552,43 @@ pub fn table_name(name: &ObjectName) -> Result<String> {
             None => p.to_string(),
         })
         .collect();
-    if parts.len() != 1 {
-        return Err(PlannerError::Unsupported {
-            what: format!("qualified table name '{name}'"),
-            hint: "use a plain table name".into(),
-        });
+    let (schema, table) = match parts.as_slice() {
+        [t] => (current_schema.to_string(), t.clone()),
+        [s, t] => (s.clone(), t.clone()),
+        [c, s, t] if c == DEFAULT_CATALOG => (s.clone(), t.clone()),
+        _ => {
+            return Err(PlannerError::Unsupported {
+                what: format!("table name '{name}'"),
+                hint: format!(
+                    "name a table as table, schema.table or {DEFAULT_CATALOG}.schema.table"
+                ),
+            });
+        }
+    };
+    Ok(schema_key(&schema, &table))
+}
+
+/// A schema name as DataFusion reports it (`s` or `catalog.s`), checked.
+fn normalise_schema(name: &str) -> Result<String> {
+    match name.split_once('.') {
+        None => Ok(name.to_string()),
+        Some((DEFAULT_CATALOG, s)) if !s.contains('.') => Ok(s.to_string()),
+        Some(_) => Err(PlannerError::Unsupported {
+            what: format!("schema name '{name}'"),
+            hint: format!(
+                "Sluice has one catalog, {DEFAULT_CATALOG}; name a schema as s or {DEFAULT_CATALOG}.s"
+            ),
+        }),
     }
-    Ok(parts.into_iter().next().expect("one part"))
+}
+
+/// The catalog key of `table` in `schema`.
+pub fn schema_key(schema: &str, table: &str) -> String {
+    if schema == DEFAULT_SCHEMA {
+        table.to_string()
+    } else {
+        format!("{schema}.{table}")
+    }
 }
 
 fn ident_value(id: &datafusion::sql::sqlparser::ast::Ident) -> String {

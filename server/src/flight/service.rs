@@ -752,7 +752,13 @@ impl SluiceFlightSql {
                     Err(_) => Err(ERROR_INVALID_VALUE),
                 },
                 "catalog" => self.set_default(session, "datafusion.catalog.default_catalog", &v),
-                "schema" => self.set_default(session, "datafusion.catalog.default_schema", &v),
+                "schema" => {
+                    // The schema may have been created by another session.
+                    if let Err(e) = session.session().sync_tables().await {
+                        tracing::warn!("cannot refresh the catalog: {e}");
+                    }
+                    self.set_default(session, "datafusion.catalog.default_schema", &v)
+                }
                 _ => {
                     let sql = format!(
                         "SET '{}' = '{}'",
