@@ -333,7 +333,8 @@ impl ConnectorFactory {
                     spec.partition_cols.clone(),
                     state,
                 )
-                .await?;
+                .await?
+                .with_primary_key(&spec.primary_key)?;
                 Ok(Arc::new(table))
             }
             "postgres" => Ok(Arc::new(

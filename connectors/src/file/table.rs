@@ -42,9 +42,34 @@ pub struct FileTable {
     file_schema: SchemaRef,
     partition_fields: Vec<FieldRef>,
     schema: SchemaRef,
+    /// The declared primary key (`NOT ENFORCED`: the writer vouches for
+    /// it), which lets the planner use its functional dependencies.
+    constraints: Option<datafusion::common::Constraints>,
 }
 
 impl FileTable {
+    /// Declares the table's primary key columns.
+    pub fn with_primary_key(mut self, columns: &[String]) -> Result<Self> {
+        if columns.is_empty() {
+            return Ok(self);
+        }
+        let indices = columns
+            .iter()
+            .map(|c| {
+                self.schema
+                    .index_of(c)
+                    .map_err(|_| ConnectorError::InvalidOption {
+                        key: "PRIMARY KEY".into(),
+                        reason: format!("column '{c}' is not a column of the table"),
+                    })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.constraints = Some(datafusion::common::Constraints::new_unverified(vec![
+            datafusion::common::Constraint::PrimaryKey(indices),
+        ]));
+        Ok(self)
+    }
+
     /// Opens the table. Without declared columns, the schema is inferred from
     /// its files; partition columns are then strings.
     pub async fn try_new(
@@ -52,7 +77,7 @@ impl FileTable {
         loc: Location,
         config: FileTableConfig,
         declared: Option<SchemaRef>,
-        partition_cols: Vec<String>,
+        mut partition_cols: Vec<String>,
         state: &dyn Session,
     ) -> Result<Self> {
         if !loc.is_dir && !partition_cols.is_empty() {
@@ -91,6 +116,18 @@ impl FileTable {
                             .to_string(),
                     });
                 }
+                // Hive-style directories (`part=1/...`) are partition
+                // columns when none are declared, as in DataFusion
+                // (`listing_table_factory_infer_partitions`).
+                if partition_cols.is_empty()
+                    && loc.is_dir
+                    && state
+                        .config_options()
+                        .execution
+                        .listing_table_factory_infer_partitions
+                {
+                    partition_cols = hive_partitions(&files);
+                }
                 let metas: Vec<ObjectMeta> = files
                     .iter()
                     .take(SCHEMA_INFERENCE_FILES)
@@ -127,6 +164,7 @@ impl FileTable {
             file_schema,
             partition_fields,
             schema,
+            constraints: None,
         })
     }
 
@@ -213,6 +251,28 @@ fn percent_decode(s: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The partition keys of hive-style paths (`k1=v1/k2=v2/file`), when
+/// every file has the same keys in the same order; none otherwise.
+fn hive_partitions(files: &[ManifestFile]) -> Vec<String> {
+    let keys = |path: &str| -> Vec<String> {
+        let mut segments: Vec<&str> = path.split('/').collect();
+        segments.pop(); // the file name
+        segments
+            .iter()
+            .map_while(|s| s.split_once('=').map(|(k, _)| k.to_string()))
+            .collect()
+    };
+    let Some(first) = files.first() else {
+        return vec![];
+    };
+    let found = keys(&first.path);
+    if files.iter().all(|f| keys(&f.path) == found) {
+        found
+    } else {
+        vec![]
+    }
 }
 
 fn object_meta(loc: &Location, f: &ManifestFile) -> ObjectMeta {
@@ -329,7 +389,8 @@ impl FileTable {
                             &file.object_meta,
                         )
                         .await?;
-                    let statistics = Arc::new(meta.statistics);
+                    let statistics =
+                        Arc::new(without_float_bounds(meta.statistics, &self.file_schema));
                     if let Some(cache) = &cache {
                         cache.put(
                             &key,
@@ -354,6 +415,10 @@ impl FileTable {
 impl TableProvider for FileTable {
     fn schema(&self) -> SchemaRef {
         Arc::clone(&self.schema)
+    }
+
+    fn constraints(&self) -> Option<&datafusion::common::Constraints> {
+        self.constraints.as_ref()
     }
 
     fn table_type(&self) -> TableType {
@@ -473,6 +538,27 @@ impl TableProvider for FileTable {
             })
             .collect())
     }
+}
+
+/// File statistics without the min and max of floating-point columns.
+///
+/// Parquet leaves NaN out of float bounds, so they do not bound every
+/// value. DataFusion 55 trusts them: a column whose min equals its max and
+/// has no nulls is read as that constant (`[1.1, NaN]` reads as
+/// `[1.1, 1.1]`), and range pruning can drop NaN rows (upstream
+/// apache/datafusion#24804). Null counts and row counts stay.
+fn without_float_bounds(
+    mut statistics: datafusion::common::Statistics,
+    schema: &arrow::datatypes::Schema,
+) -> datafusion::common::Statistics {
+    use datafusion::common::stats::Precision;
+    for (column, field) in statistics.column_statistics.iter_mut().zip(schema.fields()) {
+        if field.data_type().is_floating() {
+            column.min_value = Precision::Absent;
+            column.max_value = Precision::Absent;
+        }
+    }
+    statistics
 }
 
 #[cfg(test)]

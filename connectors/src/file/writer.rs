@@ -58,7 +58,24 @@ pub(crate) fn parquet_properties(
     if !opts.global.skip_arrow_metadata {
         opts.arrow_schema(file_schema);
     }
-    Ok(WriterPropertiesBuilder::try_from(&opts)?.build())
+    let mut builder = WriterPropertiesBuilder::try_from(&opts)?;
+    // Parquet leaves NaN out of float bounds, and DataFusion 55 trusts them
+    // when pruning (apache/datafusion#24804): `a > 2` skips a row group of
+    // [1.1, NaN]. Float columns are written without statistics unless the
+    // table sets `format.statistics_enabled::<column>`.
+    for field in file_schema.fields() {
+        let explicit = opts
+            .column_specific_options
+            .get(field.name())
+            .is_some_and(|c| c.statistics_enabled.is_some());
+        if field.data_type().is_floating() && !explicit {
+            builder = builder.set_column_statistics_enabled(
+                parquet::schema::types::ColumnPath::from(field.name().as_str()),
+                parquet::file::properties::EnabledStatistics::None,
+            );
+        }
+    }
+    Ok(builder.build())
 }
 
 /// One staged file, as recorded in the commit message.
