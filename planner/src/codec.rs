@@ -186,6 +186,10 @@ struct ReaderHeader {
     spec: ReadSpec,
     hashed: bool,
     inputs: Option<Vec<AttemptIndex>>,
+    /// Columns constant in the rows read (e.g. after `WHERE a = 1`), which
+    /// the operators above were planned with.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    constants: Vec<usize>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -314,11 +318,27 @@ impl PhysicalExtensionCodec for StageCodec {
                 };
                 let ordering =
                     parse_physical_sort_exprs(&node.ordering, &decode_ctx, &schema, converter)?;
-                let eq = if ordering.is_empty() {
+                let mut eq = if ordering.is_empty() {
                     EquivalenceProperties::new(Arc::clone(&schema))
                 } else {
                     EquivalenceProperties::new_with_orderings(Arc::clone(&schema), [ordering])
                 };
+                let mut constants = vec![];
+                for i in &h.constants {
+                    let field = schema.fields().get(*i).ok_or_else(|| {
+                        DataFusionError::Internal(format!(
+                            "shuffle reader constant column {i} is outside its schema"
+                        ))
+                    })?;
+                    constants.push(datafusion::physical_expr::ConstExpr::new(
+                        Arc::new(datafusion::physical_expr::expressions::Column::new(
+                            field.name(),
+                            *i,
+                        )),
+                        datafusion::physical_expr::AcrossPartitions::Heterogeneous,
+                    ));
+                }
+                eq.add_constants(constants)?;
                 let template = ShuffleReaderExec::new(
                     h.stage,
                     h.spec.clone(),
@@ -426,6 +446,16 @@ impl PhysicalExtensionCodec for StageCodec {
                 inputs: r
                     .inputs()
                     .map(|i| i.iter().map(|a| a.as_ref().clone()).collect()),
+                constants: r
+                    .equivalence()
+                    .constants()
+                    .iter()
+                    .filter_map(|c| {
+                        c.expr
+                            .downcast_ref::<datafusion::physical_expr::expressions::Column>()
+                            .map(|col| col.index())
+                    })
+                    .collect(),
             })?;
         } else if let Some(s) = node.downcast_ref::<SinkExec>() {
             out.kind = KIND_SINK.into();

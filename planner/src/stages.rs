@@ -195,7 +195,7 @@ impl Cutter<'_> {
                     ReadSpec::Partitions((0..n).collect()),
                     self.options.store.clone(),
                     hash,
-                    EquivalenceProperties::new(r.schema()),
+                    unordered(r.properties().equivalence_properties()),
                 ));
                 if r.preserve_order()
                     && let Some(ordering) = r.properties().output_ordering()
@@ -216,14 +216,14 @@ impl Cutter<'_> {
                     CoalescePartitionsExec::new(input).with_fetch(c.fetch()),
                 ));
             }
-            let schema = input.schema();
+            let eq = unordered(input.properties().equivalence_properties());
             let stage = self.add_map_stage(input, ShuffleOutput::Single);
             let reader = Arc::new(ShuffleReaderExec::new(
                 stage,
                 ReadSpec::Partitions(vec![0]),
                 self.options.store.clone(),
                 None,
-                EquivalenceProperties::new(schema),
+                eq,
             ));
             return Ok(Arc::new(
                 CoalescePartitionsExec::new(reader).with_fetch(c.fetch()),
@@ -480,4 +480,16 @@ fn recompute() -> datafusion::physical_plan::ReplaceChildrenOptions {
     datafusion::physical_plan::ReplaceChildrenOptions::new(
         datafusion::physical_plan::ChildrenPropertiesMode::Recompute,
     )
+}
+
+/// What a shuffle reader knows of the rows the exchange it replaces
+/// delivered: their constants and equal columns, which the operators above
+/// were planned with (a window over `WHERE a = 1` partitions by a constant
+/// and needs no sort), but no ordering, since the blocks of several writers
+/// interleave.
+fn unordered(eq: &EquivalenceProperties) -> EquivalenceProperties {
+    let mut eq = eq.clone();
+    eq.clear_orderings();
+    eq.clear_per_partition_constants();
+    eq
 }

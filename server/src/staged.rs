@@ -791,6 +791,10 @@ pub(crate) fn is_retryable(e: &DataFusionError) -> bool {
             | ArrowError::NotYetImplemented(_) => false,
             _ => true,
         },
+        DataFusionError::ParquetError(p) => !matches!(
+            p.as_ref(),
+            datafusion::parquet::errors::ParquetError::NYI(_)
+        ),
         DataFusionError::Plan(_)
         | DataFusionError::SchemaError(..)
         | DataFusionError::NotImplemented(_)
