@@ -53,6 +53,7 @@ impl TestMode {
 pub struct EmbeddedEngineFactory {
     target_partitions: usize,
     mode: Option<TestMode>,
+    dml_counts: bool,
 }
 
 impl EmbeddedEngineFactory {
@@ -69,7 +70,14 @@ impl EmbeddedEngineFactory {
         Self {
             target_partitions: target_partitions.max(1),
             mode,
+            dml_counts: false,
         }
+    }
+
+    /// Reports a write as a one-row `count` result, as DataFusion does.
+    pub fn with_dml_counts(mut self, on: bool) -> Self {
+        self.dml_counts = on;
+        self
     }
 }
 
@@ -102,6 +110,7 @@ impl EngineFactory for EmbeddedEngineFactory {
             session: EmbeddedSession::new(config, run, false),
             vars: ctx.vars.clone(),
             statements: 0,
+            dml_counts: self.dml_counts,
         };
         for sql in self.mode.map(TestMode::setup).unwrap_or_default() {
             engine.run(&sql).await?;
@@ -116,6 +125,29 @@ pub struct EmbeddedEngine {
     session: EmbeddedSession,
     vars: BTreeMap<String, String>,
     statements: usize,
+    dml_counts: bool,
+}
+
+/// A write's outcome as an engine output: a statement with a row count,
+/// or (DataFusion's convention for INSERT and COPY) a one-row `count`
+/// result.
+fn written(rows: u64, as_rows: bool) -> EngineOutput {
+    if !as_rows {
+        return EngineOutput::Statement {
+            rows_affected: Some(rows),
+        };
+    }
+    let schema = std::sync::Arc::new(arrow::datatypes::Schema::new(vec![
+        arrow::datatypes::Field::new("count", arrow::datatypes::DataType::UInt64, false),
+    ]));
+    let column = std::sync::Arc::new(arrow::array::UInt64Array::from(vec![rows]));
+    let batch =
+        arrow::record_batch::RecordBatch::try_new(std::sync::Arc::clone(&schema), vec![column])
+            .expect("one UInt64 column");
+    EngineOutput::Rows {
+        schema,
+        batches: vec![batch],
+    }
 }
 
 #[async_trait]
@@ -143,12 +175,19 @@ impl Engine for EmbeddedEngine {
             Executed::Plan { .. } => Ok(EngineOutput::Statement {
                 rows_affected: None,
             }),
-            Executed::Written { outcome, .. } => Ok(EngineOutput::Statement {
-                rows_affected: Some(outcome.rows),
-            }),
-            Executed::WrittenSet { writes, .. } => Ok(EngineOutput::Statement {
-                rows_affected: Some(writes.iter().map(|w| w.outcome.rows).sum()),
-            }),
+            // DataFusion's CREATE TABLE AS answers nothing.
+            Executed::Written { kind, .. }
+                if self.dml_counts && kind == sluice_planner::StatementKind::CreateTable =>
+            {
+                Ok(EngineOutput::Statement {
+                    rows_affected: None,
+                })
+            }
+            Executed::Written { outcome, .. } => Ok(written(outcome.rows, self.dml_counts)),
+            Executed::WrittenSet { writes, .. } => Ok(written(
+                writes.iter().map(|w| w.outcome.rows).sum(),
+                self.dml_counts,
+            )),
             Executed::Rows { stream, .. } => {
                 let schema = stream.schema();
                 let batches = collect(stream)
@@ -166,6 +205,7 @@ impl Engine for EmbeddedEngine {
 pub struct FlightEngineFactory {
     url: String,
     mode: Option<TestMode>,
+    dml_counts: bool,
 }
 
 impl FlightEngineFactory {
@@ -174,7 +214,16 @@ impl FlightEngineFactory {
         Self {
             url: url.into(),
             mode: None,
+            dml_counts: false,
         }
+    }
+
+    /// Reports a write as a one-row result with its row count, as
+    /// DataFusion does (for DataFusion's own suites), instead of as a
+    /// statement with a row count.
+    pub fn with_dml_counts(mut self, on: bool) -> Self {
+        self.dml_counts = on;
+        self
     }
 
     /// Puts every session in `mode` first.
@@ -203,10 +252,19 @@ impl EngineFactory for FlightEngineFactory {
             "cookie",
             format!("arrow_flight_session_id={}", uuid::Uuid::new_v4().simple()),
         );
+        // The server's catalog is shared and persistent, and suites reuse
+        // table names: each session works in a schema of its own, dropped
+        // with everything in it when the file has finished.
+        let schema = format!("slt_{}", uuid::Uuid::new_v4().simple());
         let mut engine = FlightEngine {
             client,
             vars: ctx.vars.clone(),
+            schema: None,
+            dml_counts: self.dml_counts,
         };
+        engine.run(&format!("CREATE SCHEMA {schema}")).await?;
+        engine.schema = Some(schema.clone());
+        engine.set_option("schema", &schema).await?;
         for sql in self.mode.map(TestMode::setup).unwrap_or_default() {
             engine.run(&sql).await?;
         }
@@ -219,6 +277,44 @@ impl EngineFactory for FlightEngineFactory {
 pub struct FlightEngine {
     client: arrow_flight::sql::client::FlightSqlServiceClient<tonic::transport::Channel>,
     vars: BTreeMap<String, String>,
+    /// The session's own schema, dropped at shutdown.
+    schema: Option<String>,
+    /// Report writes as a one-row `count` result, as DataFusion does.
+    dml_counts: bool,
+}
+
+impl FlightEngine {
+    /// Sets one session option through the `SetSessionOptions` action.
+    async fn set_option(&mut self, key: &str, value: &str) -> Result<(), EngineError> {
+        use crate::flight::session_options::{
+            SessionOptionValue, SetSessionOptionsRequest, SetSessionOptionsResult,
+        };
+        use futures::TryStreamExt;
+        use prost::Message;
+        let request = SetSessionOptionsRequest {
+            session_options: [(key.to_string(), SessionOptionValue::string(value))].into(),
+        };
+        let action = arrow_flight::Action::new("SetSessionOptions", request.encode_to_vec());
+        let results: Vec<_> = self
+            .client
+            .do_action(action)
+            .await
+            .map_err(|e| EngineError::statement(format!("SetSessionOptions: {e}")))?
+            .try_collect()
+            .await
+            .map_err(|e| EngineError::statement(format!("SetSessionOptions: {e}")))?;
+        for r in results {
+            let result = SetSessionOptionsResult::decode(r.body)
+                .map_err(|e| EngineError::statement(format!("SetSessionOptions: {e}")))?;
+            if let Some(err) = result.errors.get(key) {
+                return Err(EngineError::statement(format!(
+                    "the server refused session option {key} = {value} (error {})",
+                    err.value
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -261,10 +357,24 @@ impl Engine for FlightEngine {
             let summary: serde_json::Value =
                 serde_json::from_slice(&info.app_metadata).unwrap_or_default();
             let wrote = summary.get("rows_written").is_some();
+            // DataFusion's CREATE TABLE AS answers nothing.
+            let creates = summary.get("kind").and_then(|k| k.as_str())
+                == Some(sluice_planner::StatementKind::CreateTable.label());
+            if wrote && self.dml_counts && !creates {
+                return Ok(EngineOutput::Rows { schema, batches });
+            }
             return Ok(EngineOutput::Statement {
-                rows_affected: wrote.then_some(rows as u64),
+                rows_affected: (wrote && !(creates && self.dml_counts)).then_some(rows as u64),
             });
         }
         Ok(EngineOutput::Rows { schema, batches })
+    }
+
+    async fn shutdown(&mut self) {
+        if let Some(schema) = self.schema.take()
+            && let Err(e) = self.run(&format!("DROP SCHEMA {schema} CASCADE")).await
+        {
+            tracing::warn!("cannot drop the test schema {schema}: {e}");
+        }
     }
 }

@@ -48,6 +48,22 @@ pub struct TestArgs {
     /// Partitions of each embedded session (default: the number of cores).
     #[arg(long)]
     pub target_partitions: Option<usize>,
+
+    /// Whose conventions the files follow. `datafusion` runs Apache
+    /// DataFusion's own suites: a write answers a one-row `count` result,
+    /// and the column type letters (DataFusion has its own) are not checked.
+    #[arg(long, value_enum, default_value_t = Conventions::Sluice)]
+    pub conventions: Conventions,
+}
+
+/// `--conventions`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Conventions {
+    /// Sluice's: writes are statements with a row count
+    /// (`statement count N`), column type letters are checked.
+    Sluice,
+    /// Apache DataFusion's sqllogictest files.
+    Datafusion,
 }
 
 /// `--mode`.
@@ -115,14 +131,22 @@ pub fn run(args: TestArgs) -> ExitCode {
         vars: args.vars.iter().cloned().collect(),
         complete: args.complete,
         worker_threads: (cores / jobs).max(1),
+        strict_column_types: args.conventions == Conventions::Sluice,
         ..RunnerConfig::default()
     };
     let partitions = args.target_partitions.unwrap_or(cores);
+    let dml_counts = args.conventions == Conventions::Datafusion;
     let mut queue = VecDeque::new();
     for mode in args.mode.modes() {
         let factory: Arc<dyn EngineFactory> = match &args.server {
-            Some(url) => Arc::new(FlightEngineFactory::new(url.clone()).with_mode(Some(mode))),
-            None => Arc::new(EmbeddedEngineFactory::new(partitions, Some(mode))),
+            Some(url) => Arc::new(
+                FlightEngineFactory::new(url.clone())
+                    .with_mode(Some(mode))
+                    .with_dml_counts(dml_counts),
+            ),
+            None => Arc::new(
+                EmbeddedEngineFactory::new(partitions, Some(mode)).with_dml_counts(dml_counts),
+            ),
         };
         for file in &files {
             queue.push_back(Job {

@@ -65,8 +65,10 @@ pub(crate) fn column_type(data_type: &DataType) -> DefaultColumnType {
 
 /// Renders every row of `batches` as one string per cell.
 pub(crate) fn batches_to_rows(batches: &[RecordBatch]) -> Result<Vec<Vec<String>>, EngineError> {
+    // DataFusion's display defaults: durations as `1 days 2 hours ...`.
     let options = FormatOptions::default()
         .with_null("NULL")
+        .with_duration_format(arrow::util::display::DurationFormat::Pretty)
         .with_display_error(false);
     let mut rows = Vec::new();
     for batch in batches {
@@ -128,13 +130,27 @@ fn format_cell(
         | DataType::Decimal64(_, _)
         | DataType::Decimal128(_, _)
         | DataType::Decimal256(_, _) => number_to_str(&formatter.value(idx).try_to_string()?),
+        // As DataFusion: a non-empty string without its trailing
+        // newlines, NUL shown as `\0`.
+        t if is_string(t) => {
+            let text = formatter.value(idx).try_to_string()?;
+            if text.is_empty() {
+                return Ok("(empty)".to_owned());
+            }
+            return Ok(text.trim_end_matches('\n').replace('\0', "\\0"));
+        }
         _ => formatter.value(idx).try_to_string()?,
     };
-    Ok(if text.is_empty() {
-        "(empty)".to_owned()
-    } else {
-        text
-    })
+    Ok(text)
+}
+
+/// Strings, and dictionaries of strings.
+fn is_string(data_type: &DataType) -> bool {
+    match data_type {
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => true,
+        DataType::Dictionary(_, values) => is_string(values),
+        _ => false,
+    }
 }
 
 /// Decimal places kept for floats and decimals, as in DataFusion.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqllogictest::{
-    ColumnTypeValidator, Control, DefaultColumnType, Record, Runner, TestError,
+    ColumnTypeValidator, Control, DefaultColumnType, Normalizer, Record, Runner, TestError,
     default_column_validator, default_validator, strict_column_validator,
 };
 
@@ -168,7 +168,7 @@ pub async fn run_file(
     }
     let column_validator = column_validator(config);
     runner.with_normalizer(normalize);
-    runner.with_validator(default_validator);
+    runner.with_validator(validator);
     runner.with_column_validator(column_validator);
     if config.substitution {
         runner
@@ -179,7 +179,7 @@ pub async fn run_file(
 
     let result = if config.complete {
         runner
-            .update_test_file(path, " ", default_validator, normalize, column_validator)
+            .update_test_file(path, " ", validator, normalize, column_validator)
             .await
             .map_err(|e| RunnerError::Complete {
                 path: path.to_owned(),
@@ -224,8 +224,23 @@ fn column_validator(config: &RunnerConfig) -> ColumnTypeValidator<DefaultColumnT
     }
 }
 
-/// Ignores trailing whitespace of each value and expected line, as
-/// DataFusion does; other whitespace is significant.
+/// Compares rows as DataFusion does: a row's values joined by one space,
+/// without trailing whitespace, against the expected line without trailing
+/// whitespace (a value's own leading or inner blanks count). Expected output
+/// with `<slt:ignore>` markers goes to sqllogictest's fragment matching.
+fn validator(normalizer: Normalizer, actual: &[Vec<String>], expected: &[String]) -> bool {
+    if expected.iter().any(|l| l.contains("<slt:ignore>")) {
+        return default_validator(normalizer, actual, expected);
+    }
+    actual.len() == expected.len()
+        && actual
+            .iter()
+            .zip(expected)
+            .all(|(row, line)| row.join(" ").trim_end() == normalizer(line))
+}
+
+/// Ignores trailing whitespace of each expected line, as DataFusion does;
+/// other whitespace is significant.
 // The signature is fixed by `sqllogictest::Normalizer`.
 #[allow(clippy::ptr_arg)]
 fn normalize(s: &String) -> String {

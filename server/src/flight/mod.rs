@@ -6,7 +6,7 @@ mod convert;
 mod metadata;
 mod outer;
 mod service;
-mod session_options;
+pub(crate) mod session_options;
 mod state;
 
 use std::net::SocketAddr;

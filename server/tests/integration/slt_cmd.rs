@@ -150,19 +150,37 @@ fn both_modes_over_flight_sql() -> Result<(), Failed> {
         "the modes file passes in both modes over Flight SQL",
         &o,
     )?;
-    // The server's catalog is shared: a file that declares tables runs
-    // once per server.
-    let o = s.run_sluice(&[
-        "test",
-        "suite/good.slt",
-        "--server",
-        &url,
-        "--var",
-        "GREETING=hello",
-    ]);
+    // The server's catalog is shared, but each file runs in a schema of
+    // its own: the same file runs twice at once, and again, on one server.
+    s.write("twice/a.slt", GOOD);
+    s.write("twice/b.slt", GOOD);
+    for round in 1..=2 {
+        let o = s.run_sluice(&[
+            "test",
+            "twice",
+            "--server",
+            &url,
+            "--var",
+            "GREETING=hello",
+            "-j",
+            "2",
+        ]);
+        check(
+            o.status.code() == Some(0) && stdout(&o).contains("2 passed, 0 failed"),
+            &format!("round {round}: both copies of the pipeline file pass over Flight SQL"),
+            &o,
+        )?;
+    }
+    // Every file's schema was dropped when it ended: only this file's own
+    // is left.
+    s.write(
+        "schemas.slt",
+        "query I\nSELECT count(*) FROM information_schema.schemata WHERE schema_name LIKE 'slt_%'\n----\n1\n",
+    );
+    let o = s.run_sluice(&["test", "schemas.slt", "--server", &url]);
     check(
         o.status.code() == Some(0) && stdout(&o).contains("1 passed, 0 failed"),
-        "the pipeline file passes over Flight SQL",
+        "no test schema outlives its file",
         &o,
     )
 }
