@@ -22,6 +22,7 @@
 //! The [`tpch`] module has TPC-H for tests and benchmarks: the 22 queries,
 //! the tables generated as Parquet, and a comparison of result sets.
 
+pub mod conformance;
 mod convert;
 mod db;
 mod discover;

@@ -5,6 +5,7 @@
 mod cli;
 mod clickhouse;
 mod cluster;
+mod conformance;
 mod db_partitions;
 mod fault;
 mod flight;
@@ -54,6 +55,7 @@ fn main() -> ExitCode {
     trials.extend(cluster::trials());
     trials.extend(statement_set::trials());
     trials.extend(slt_cmd::trials());
+    trials.extend(conformance::trials());
     trials.extend(db_partitions::trials());
     trials.extend(flight::trials());
     trials.extend(flight::slt_trials(&config, &suites));

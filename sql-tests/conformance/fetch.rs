@@ -1,0 +1,1 @@
+//! Empty: this package only makes Cargo download `datafusion-sqllogictest`.
