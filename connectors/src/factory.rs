@@ -46,6 +46,8 @@ pub struct TableSpec {
     pub partition_cols: Vec<String>,
     /// Declared primary key (not enforced).
     pub primary_key: Vec<String>,
+    /// Declared `UNIQUE (...)` column sets (not enforced).
+    pub unique: Vec<Vec<String>>,
 }
 
 /// A table that can be read and written.
@@ -334,7 +336,7 @@ impl ConnectorFactory {
                     state,
                 )
                 .await?
-                .with_primary_key(&spec.primary_key)?;
+                .with_keys(&spec.primary_key, &spec.unique)?;
                 Ok(Arc::new(table))
             }
             "postgres" => Ok(Arc::new(

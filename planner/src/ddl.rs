@@ -105,6 +105,10 @@ pub(crate) fn render_create_table(spec: &TableSpec, temporary: bool) -> String {
         let pk: Vec<String> = spec.primary_key.iter().map(|c| quote_ident(c)).collect();
         lines.push(format!("  PRIMARY KEY ({}) NOT ENFORCED", pk.join(", ")));
     }
+    for set in &spec.unique {
+        let cols: Vec<String> = set.iter().map(|c| quote_ident(c)).collect();
+        lines.push(format!("  UNIQUE ({})", cols.join(", ")));
+    }
     let mut out = format!(
         "CREATE {}TABLE {} (\n{}\n)",
         if temporary { "TEMPORARY " } else { "" },

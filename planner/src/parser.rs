@@ -50,6 +50,8 @@ pub struct CreateTable {
     pub columns: Vec<ColumnDef>,
     /// Declared primary key columns (not enforced).
     pub primary_key: Vec<String>,
+    /// Declared `UNIQUE (...)` column sets (not enforced).
+    pub unique: Vec<Vec<String>>,
     /// Hive partition columns.
     pub partition_cols: Vec<String>,
     /// Connector and its options (`path`, `format`, ...).
@@ -388,8 +390,13 @@ fn parse_table_head(p: &mut Parser<'_>) -> Result<(bool, bool, bool, ObjectName)
     Ok((or_replace, temporary, if_not_exists, name))
 }
 
-fn primary_key(constraints: &[TableConstraint], at: &TokenWithSpan) -> Result<Vec<String>> {
+/// The primary key and the unique column sets among `constraints`.
+fn keys(
+    constraints: &[TableConstraint],
+    at: &TokenWithSpan,
+) -> Result<(Vec<String>, Vec<Vec<String>>)> {
     let mut pk = vec![];
+    let mut unique = vec![];
     for c in constraints {
         match c {
             TableConstraint::PrimaryKey(c) => {
@@ -397,24 +404,33 @@ fn primary_key(constraints: &[TableConstraint], at: &TokenWithSpan) -> Result<Ve
                     pk.push(col.column.expr.to_string());
                 }
             }
+            TableConstraint::Unique(c) => {
+                unique.push(
+                    c.columns
+                        .iter()
+                        .map(|col| col.column.expr.to_string())
+                        .collect(),
+                );
+            }
             other => {
                 return Err(syntax_at(
                     format!(
-                        "constraint '{other}' is not supported; only PRIMARY KEY (...) NOT ENFORCED"
+                        "constraint '{other}' is not supported; only PRIMARY KEY (...) NOT ENFORCED \
+                         and UNIQUE (...)"
                     ),
                     at,
                 ));
             }
         }
     }
-    Ok(pk)
+    Ok((pk, unique))
 }
 
 fn parse_create_with(p: &mut Parser<'_>) -> Result<CreateTable> {
     let at = p.peek_token();
     let (or_replace, temporary, if_not_exists, name) = parse_table_head(p)?;
     let (columns, constraints) = p.parse_columns().map_err(syntax)?;
-    let primary_key = primary_key(&constraints, &at)?;
+    let (primary_key, unique) = keys(&constraints, &at)?;
     let mut partition_cols = vec![];
     if p.parse_keywords(&[Keyword::PARTITIONED, Keyword::BY]) {
         partition_cols = parse_name_list(p)?;
@@ -430,6 +446,7 @@ fn parse_create_with(p: &mut Parser<'_>) -> Result<CreateTable> {
         unbounded: false,
         columns,
         primary_key,
+        unique,
         partition_cols,
         options,
         style: DdlStyle::With,
@@ -449,7 +466,7 @@ fn parse_create_external(p: &mut Parser<'_>) -> Result<CreateTable> {
     let if_not_exists = p.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
     let name = p.parse_object_name(false).map_err(syntax)?;
     let (mut columns, constraints) = p.parse_columns().map_err(syntax)?;
-    let primary_key = primary_key(&constraints, &at)?;
+    let (primary_key, unique) = keys(&constraints, &at)?;
 
     let mut options = TableOptions::new();
     let mut stored_as = None;
@@ -519,6 +536,7 @@ fn parse_create_external(p: &mut Parser<'_>) -> Result<CreateTable> {
         unbounded,
         columns,
         primary_key,
+        unique,
         partition_cols,
         options,
         style: DdlStyle::External,

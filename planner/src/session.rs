@@ -502,12 +502,13 @@ impl SluiceSession {
         Ok(())
     }
 
-    /// Declares a Parquet table under the warehouse root with `schema`.
+    /// Declares a Parquet table under the warehouse root with `schema`, its
+    /// primary key and its unique column sets.
     pub async fn create_warehouse_table(
         &self,
         name: &str,
         schema: SchemaRef,
-        primary_key: Vec<String>,
+        (primary_key, unique): (Vec<String>, Vec<Vec<String>>),
         replace: bool,
         temporary: bool,
     ) -> Result<()> {
@@ -529,6 +530,7 @@ impl SluiceSession {
             columns: Some(schema),
             partition_cols: vec![],
             primary_key,
+            unique,
         };
         self.declare(spec, temporary, replace).await
     }
@@ -829,7 +831,7 @@ impl SluiceSession {
                 self.create_warehouse_table(
                     &name,
                     schema,
-                    c.primary_key.clone(),
+                    (c.primary_key.clone(), c.unique.clone()),
                     c.or_replace,
                     c.temporary,
                 )
@@ -864,6 +866,7 @@ impl SluiceSession {
             columns,
             partition_cols: c.partition_cols.clone(),
             primary_key: c.primary_key.clone(),
+            unique: c.unique.clone(),
         };
         self.declare(spec, c.temporary, c.or_replace).await?;
         Ok(Planned::Done {
@@ -1171,6 +1174,7 @@ impl SluiceSession {
             columns: Some(Arc::new(plan.schema().as_arrow().clone())),
             partition_cols: copy.partitioned_by.clone(),
             primary_key: vec![],
+            unique: vec![],
         };
         let state = self.ctx.state();
         let table = self.factory.open(&spec, &state).await?;
@@ -1343,18 +1347,19 @@ impl SluiceSession {
             }
         }
         let schema = Arc::new(cmt.input.schema().as_arrow().clone());
-        let primary_key: Vec<String> = cmt
-            .constraints
-            .iter()
-            .find_map(|c| match c {
-                datafusion::common::Constraint::PrimaryKey(idx) => Some(
-                    idx.iter()
-                        .map(|i| schema.field(*i).name().clone())
-                        .collect(),
-                ),
-                _ => None,
-            })
-            .unwrap_or_default();
+        let names = |idx: &[usize]| -> Vec<String> {
+            idx.iter()
+                .map(|i| schema.field(*i).name().clone())
+                .collect()
+        };
+        let mut primary_key = vec![];
+        let mut unique = vec![];
+        for c in cmt.constraints.iter() {
+            match c {
+                datafusion::common::Constraint::PrimaryKey(idx) => primary_key = names(idx),
+                datafusion::common::Constraint::Unique(idx) => unique.push(names(idx)),
+            }
+        }
         let has_rows = !matches!(cmt.input.as_ref(), LogicalPlan::EmptyRelation(_));
         if dry_run && has_rows {
             return Ok(Planned::Done {
@@ -1363,8 +1368,14 @@ impl SluiceSession {
                 message: format!("would create table {name} from a query"),
             });
         }
-        self.create_warehouse_table(&name, schema, primary_key, cmt.or_replace, false)
-            .await?;
+        self.create_warehouse_table(
+            &name,
+            Arc::clone(&schema),
+            (primary_key, unique),
+            cmt.or_replace,
+            false,
+        )
+        .await?;
         if !has_rows {
             return Ok(Planned::Done {
                 kind: StatementKind::CreateTable,

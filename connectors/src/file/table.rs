@@ -42,31 +42,40 @@ pub struct FileTable {
     file_schema: SchemaRef,
     partition_fields: Vec<FieldRef>,
     schema: SchemaRef,
-    /// The declared primary key (`NOT ENFORCED`: the writer vouches for
-    /// it), which lets the planner use its functional dependencies.
+    /// The declared primary key and unique sets (`NOT ENFORCED`: the writer
+    /// vouches for them), which let the planner use their functional
+    /// dependencies.
     constraints: Option<datafusion::common::Constraints>,
 }
 
 impl FileTable {
-    /// Declares the table's primary key columns.
-    pub fn with_primary_key(mut self, columns: &[String]) -> Result<Self> {
-        if columns.is_empty() {
-            return Ok(self);
+    /// Declares the table's primary key and unique column sets.
+    pub fn with_keys(mut self, primary_key: &[String], unique: &[Vec<String>]) -> Result<Self> {
+        let indices = |columns: &[String]| {
+            columns
+                .iter()
+                .map(|c| {
+                    self.schema
+                        .index_of(c)
+                        .map_err(|_| ConnectorError::InvalidOption {
+                            key: "PRIMARY KEY / UNIQUE".into(),
+                            reason: format!("column '{c}' is not a column of the table"),
+                        })
+                })
+                .collect::<Result<Vec<_>>>()
+        };
+        let mut constraints = vec![];
+        if !primary_key.is_empty() {
+            constraints.push(datafusion::common::Constraint::PrimaryKey(indices(
+                primary_key,
+            )?));
         }
-        let indices = columns
-            .iter()
-            .map(|c| {
-                self.schema
-                    .index_of(c)
-                    .map_err(|_| ConnectorError::InvalidOption {
-                        key: "PRIMARY KEY".into(),
-                        reason: format!("column '{c}' is not a column of the table"),
-                    })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        self.constraints = Some(datafusion::common::Constraints::new_unverified(vec![
-            datafusion::common::Constraint::PrimaryKey(indices),
-        ]));
+        for set in unique {
+            constraints.push(datafusion::common::Constraint::Unique(indices(set)?));
+        }
+        if !constraints.is_empty() {
+            self.constraints = Some(datafusion::common::Constraints::new_unverified(constraints));
+        }
         Ok(self)
     }
 

@@ -904,7 +904,7 @@ impl SluiceFlightSql {
                     .create_warehouse_table(
                         &name,
                         Arc::clone(&schema),
-                        vec![],
+                        (vec![], vec![]),
                         false,
                         cmd.temporary,
                     )
@@ -933,7 +933,7 @@ impl SluiceFlightSql {
                 .create_warehouse_table(
                     &name,
                     Arc::clone(&schema),
-                    entry.spec.primary_key.clone(),
+                    (entry.spec.primary_key.clone(), entry.spec.unique.clone()),
                     true,
                     entry.temporary,
                 )
