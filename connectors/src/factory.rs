@@ -24,6 +24,7 @@ const FILESYSTEM_OPTIONS: &[&str] = &[
     "path",
     "format",
     "error-handling.max-bad-records",
+    "sort-order",
     "csv.field-delimiter",
     "csv.quote-character",
     "csv.null-literal",

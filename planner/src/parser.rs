@@ -512,10 +512,59 @@ fn parse_create_external(p: &mut Parser<'_>) -> Result<CreateTable> {
                     options.insert(k.clone(), v.clone());
                 }
             }
+            // DataFusion's `WITH ORDER (a ASC, b DESC NULLS LAST)`: how every
+            // file is sorted; and `WITH HEADER ROW`.
+            Some(Keyword::WITH) if p.parse_keyword(Keyword::ORDER) => {
+                if options.get("sort-order").is_some() {
+                    return Err(syntax_at(
+                        "one WITH ORDER clause per table: Sluice keeps one sort order",
+                        &tok,
+                    ));
+                }
+                p.expect_token(&Token::LParen).map_err(syntax)?;
+                let exprs = p
+                    .parse_comma_separated(Parser::parse_order_by_expr)
+                    .map_err(syntax)?;
+                p.expect_token(&Token::RParen).map_err(syntax)?;
+                let mut items = vec![];
+                for e in exprs {
+                    let Expr::Identifier(id) = &e.expr else {
+                        return Err(syntax_at(
+                            format!("WITH ORDER takes column names, not '{}'", e.expr),
+                            &tok,
+                        ));
+                    };
+                    let mut item = if id.quote_style.is_some() {
+                        id.value.clone()
+                    } else {
+                        id.value.to_lowercase()
+                    };
+                    if item.contains([',', ' ', '"']) {
+                        return Err(syntax_at(
+                            format!(
+                                "WITH ORDER cannot name column '{item}' (a comma, blank or quote in its name)"
+                            ),
+                            &tok,
+                        ));
+                    }
+                    if e.options.asc == Some(false) {
+                        item.push_str(" DESC");
+                    }
+                    match e.options.nulls_first {
+                        Some(true) => item.push_str(" NULLS FIRST"),
+                        Some(false) => item.push_str(" NULLS LAST"),
+                        None => {}
+                    }
+                    items.push(item);
+                }
+                options.insert_literal("sort-order", items.join(", "));
+            }
+            Some(Keyword::WITH) if p.parse_keywords(&[Keyword::HEADER, Keyword::ROW]) => {
+                options.insert_literal("format.has_header", "true");
+            }
             Some(Keyword::WITH) => {
                 return Err(syntax_at(
-                    "WITH ORDER / WITH HEADER ROW are not supported on external tables; \
-                     use OPTIONS ('format.has_header' 'true')",
+                    "expected ORDER (...) or HEADER ROW after WITH",
                     &tok,
                 ));
             }

@@ -89,6 +89,66 @@ pub struct FileTableConfig {
     /// The declared options this configuration was built from (secrets
     /// unresolved), so that another process can build it again.
     pub options: TableOptions,
+    /// How every file is sorted (`'sort-order'`, DataFusion's `WITH ORDER`).
+    pub sort_order: Vec<SortColumn>,
+}
+
+/// One column of a declared file sort order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SortColumn {
+    /// The column.
+    pub name: String,
+    /// `DESC` when false.
+    pub ascending: bool,
+    /// `NULLS FIRST`; the default is `NULLS FIRST` for `DESC`, `NULLS LAST`
+    /// for `ASC`, as in DataFusion.
+    pub nulls_first: bool,
+}
+
+/// Parses `'sort-order'`: `col [ASC|DESC] [NULLS FIRST|NULLS LAST], ...`,
+/// with optionally double-quoted column names.
+pub(crate) fn parse_sort_order(text: &str) -> Result<Vec<SortColumn>> {
+    let bad = |reason: String| ConnectorError::InvalidOption {
+        key: "sort-order".into(),
+        reason,
+    };
+    let mut out = vec![];
+    for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let mut words = item.split_whitespace();
+        let name = words
+            .next()
+            .ok_or_else(|| bad(format!("'{item}' names no column")))?
+            .trim_matches('"')
+            .to_string();
+        let rest: Vec<String> = words.map(str::to_ascii_uppercase).collect();
+        let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
+        let (ascending, nulls) = match rest.as_slice() {
+            [] | ["ASC"] => (true, None),
+            ["DESC"] => (false, None),
+            ["NULLS", n] => (true, Some(*n)),
+            ["ASC", "NULLS", n] => (true, Some(*n)),
+            ["DESC", "NULLS", n] => (false, Some(*n)),
+            _ => {
+                return Err(bad(format!(
+                    "'{item}' is not 'column [ASC|DESC] [NULLS FIRST|NULLS LAST]'"
+                )));
+            }
+        };
+        let nulls_first = match nulls {
+            None => !ascending,
+            Some("FIRST") => true,
+            Some("LAST") => false,
+            Some(other) => {
+                return Err(bad(format!("NULLS {other}: use NULLS FIRST or NULLS LAST")));
+            }
+        };
+        out.push(SortColumn {
+            name,
+            ascending,
+            nulls_first,
+        });
+    }
+    Ok(out)
 }
 
 impl FileTableConfig {
@@ -153,12 +213,17 @@ impl FileTableConfig {
                 reason: "bad-record skipping is supported for csv tables only".to_string(),
             });
         }
+        let sort_order = match options.literal("sort-order")? {
+            Some(text) => parse_sort_order(text)?,
+            None => vec![],
+        };
         Ok(Self {
             kind,
             df_options: df,
             format,
             max_bad_records,
             options: options.clone(),
+            sort_order,
         })
     }
 

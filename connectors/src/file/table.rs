@@ -166,6 +166,14 @@ impl FileTable {
         let mut fields: Vec<FieldRef> = file_schema.fields().iter().cloned().collect();
         fields.extend(partition_fields.iter().cloned());
         let schema = Arc::new(Schema::new(fields));
+        for c in &config.sort_order {
+            if schema.index_of(&c.name).is_err() {
+                return Err(ConnectorError::InvalidOption {
+                    key: "sort-order".into(),
+                    reason: format!("'{}' is not a column of {name}", c.name),
+                });
+            }
+        }
         Ok(Self {
             name,
             loc,
@@ -175,6 +183,27 @@ impl FileTable {
             schema,
             constraints: None,
         })
+    }
+
+    /// The declared sort order of every file (`'sort-order'`), over the
+    /// table's schema; DataFusion keeps it only for file groups whose files
+    /// do not overlap.
+    fn output_ordering(&self) -> Vec<datafusion::physical_expr::LexOrdering> {
+        let exprs = self.config.sort_order.iter().filter_map(|c| {
+            let index = self.schema.index_of(&c.name).ok()?;
+            Some(datafusion::physical_expr::PhysicalSortExpr::new(
+                Arc::new(datafusion::physical_expr::expressions::Column::new(
+                    &c.name, index,
+                )),
+                arrow::compute::SortOptions {
+                    descending: !c.ascending,
+                    nulls_first: c.nulls_first,
+                },
+            ))
+        });
+        datafusion::physical_expr::LexOrdering::new(exprs)
+            .into_iter()
+            .collect()
     }
 
     /// The table's location.
@@ -520,6 +549,7 @@ impl TableProvider for FileTable {
             .file_source(Arc::clone(&self.file_schema), self.partition_fields.clone());
         let config = FileScanConfigBuilder::new(self.loc.store_url.clone(), source)
             .with_file_groups(groups)
+            .with_output_ordering(self.output_ordering())
             .with_statistics(statistics)
             .with_projection_indices(projection.cloned())?
             .with_limit(limit)
