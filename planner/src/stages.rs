@@ -34,6 +34,7 @@ use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::joins::{
     CrossJoinExec, HashJoinExec, NestedLoopJoinExec, PartitionMode,
 };
+use datafusion::physical_plan::recursive_query::RecursiveQueryExec;
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
@@ -168,6 +169,11 @@ struct Cutter<'a> {
 
 impl Cutter<'_> {
     fn cut(&mut self, node: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
+        // A recursive query feeds its own output back through a work table
+        // shared by the operators below it: they stay in one task.
+        if node.downcast_ref::<RecursiveQueryExec>().is_some() {
+            return Ok(node);
+        }
         let children = node
             .children()
             .into_iter()
@@ -197,10 +203,10 @@ impl Cutter<'_> {
                     hash,
                     unordered(r.properties().equivalence_properties()),
                 ));
-                if r.preserve_order()
-                    && let Some(ordering) = r.properties().output_ordering()
-                {
-                    // Blocks of several writers interleave: sort again.
+                // An order-preserving repartition, or one of a single input
+                // partition (which keeps its order in DataFusion): blocks of
+                // several writers interleave, so sort again.
+                if let Some(ordering) = r.properties().output_ordering() {
                     return Ok(Arc::new(
                         SortExec::new(ordering.clone(), reader).with_preserve_partitioning(true),
                     ));
@@ -325,6 +331,7 @@ fn replicates_build_side(plan: &dyn ExecutionPlan) -> bool {
 fn forces_single_task(plan: &dyn ExecutionPlan) -> bool {
     plan.downcast_ref::<HashJoinExec>()
         .is_some_and(|j| j.null_aware)
+        || plan.downcast_ref::<RecursiveQueryExec>().is_some()
 }
 
 /// How many pieces a leaf splits into, or `None` when it is copied whole.
