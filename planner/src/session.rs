@@ -326,7 +326,7 @@ impl SluiceSession {
         {
             return Ok(());
         }
-        self.ctx.deregister_table(key)?;
+        self.ctx.deregister_table(key_reference(key))?;
         Ok(())
     }
 
@@ -493,8 +493,8 @@ impl SluiceSession {
         if let Some(schema) = crate::catalog::key_schema(name) {
             self.ensure_df_schema(schema)?;
         }
-        self.ctx.deregister_table(name)?;
-        self.ctx.register_table(name, provider)?;
+        self.ctx.deregister_table(key_reference(name))?;
+        self.ctx.register_table(key_reference(name), provider)?;
         self.tables
             .lock()
             .expect("tables lock")
@@ -882,9 +882,9 @@ impl SluiceSession {
             let name = self.table_key(n)?;
             if self.drop_key(&name).await? {
                 dropped.push(name);
-            } else if self.ctx.table_exist(name.as_str())? {
+            } else if self.ctx.table_exist(key_reference(&name))? {
                 // A DataFusion table (CREATE TABLE AS, views are DROP VIEW).
-                self.ctx.deregister_table(name.as_str())?;
+                self.ctx.deregister_table(key_reference(&name))?;
                 dropped.push(name);
             } else if !if_exists {
                 return Err(self.not_found(&name).await);
@@ -1119,7 +1119,10 @@ impl SluiceSession {
             CopySource::Query(q) => self.plan_query(*q).await?,
             CopySource::Table(t) => {
                 let name = self.table_key(&t)?;
-                self.ctx.table(name.as_str()).await?.into_unoptimized_plan()
+                self.ctx
+                    .table(key_reference(&name))
+                    .await?
+                    .into_unoptimized_plan()
             }
         };
         let format = match &copy.stored_as {
@@ -1332,7 +1335,7 @@ impl SluiceSession {
             cmt.name.schema().unwrap_or(&self.current_schema()),
             cmt.name.table(),
         );
-        if self.table_entry(&name).await?.is_some() || self.ctx.table_exist(name.as_str())? {
+        if self.table_entry(&name).await?.is_some() || self.ctx.table_exist(key_reference(&name))? {
             if cmt.if_not_exists {
                 return Ok(Planned::Done {
                     kind: StatementKind::CreateTable,
@@ -1590,6 +1593,16 @@ fn normalise_schema(name: &str) -> Result<String> {
                 "Sluice has one catalog, {DEFAULT_CATALOG}; name a schema as s or {DEFAULT_CATALOG}.s"
             ),
         }),
+    }
+}
+
+/// DataFusion's reference to the table keyed `key`, taken as it is: a key's
+/// parts are already normalised (a quoted `"T1"` keeps its case), and a key
+/// without a schema is in `public` whatever the session's current schema.
+fn key_reference(key: &str) -> datafusion::common::TableReference {
+    match key.split_once('.') {
+        Some((schema, table)) => datafusion::common::TableReference::partial(schema, table),
+        None => datafusion::common::TableReference::partial(DEFAULT_SCHEMA, key),
     }
 }
 

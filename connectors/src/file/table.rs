@@ -170,7 +170,16 @@ impl FileTable {
             if schema.index_of(&c.name).is_err() {
                 return Err(ConnectorError::InvalidOption {
                     key: "sort-order".into(),
-                    reason: format!("'{}' is not a column of {name}", c.name),
+                    reason: format!(
+                        "'{}' is not a column of the table (columns: {})",
+                        c.name,
+                        schema
+                            .fields()
+                            .iter()
+                            .map(|f| f.name().as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
                 });
             }
         }
