@@ -512,17 +512,65 @@ impl ShuffleStore {
     }
 
     /// Deletes the data of every job whose lease expired before `now`, or
-    /// that has no readable lease. Returns the jobs removed.
+    /// that has no readable lease and was last written more than
+    /// [`LEASELESS_GRACE`] before `now`. Returns the jobs removed.
+    ///
+    /// A job being started has data but no lease for a moment (its lease is
+    /// being written, by a rename on a local store); sweeping it then
+    /// deleted the directory under the write ('Unable to rename file').
     pub async fn sweep_expired(&self, now: DateTime<Utc>) -> Result<Vec<String>> {
         let mut removed = Vec::new();
         for (job, lease) in self.leases().await? {
-            if lease.is_none_or(|l| l.expires_at < now) {
+            let expired = match lease {
+                Some(l) => l.expires_at < now,
+                None => self
+                    .last_write(&job)
+                    .await?
+                    .is_some_and(|t| now - t > LEASELESS_GRACE),
+            };
+            if expired {
                 self.delete_job(&job).await?;
                 removed.push(job);
             }
         }
         Ok(removed)
     }
+
+    /// When anything under the job was last written: on a local store the
+    /// newest modification time of its directories and files (which sees
+    /// writes in progress too), elsewhere the newest object.
+    async fn last_write(&self, job: &str) -> Result<Option<DateTime<Utc>>> {
+        if let Some(root) = &self.local_root {
+            let dir = root.join(Self::job_prefix(job).as_ref());
+            return Ok(newest_mtime(&dir).map(DateTime::<Utc>::from));
+        }
+        let prefix = Self::job_prefix(job);
+        let times: Vec<DateTime<Utc>> = self
+            .store
+            .list(Some(&prefix))
+            .map_ok(|m| m.last_modified)
+            .try_collect()
+            .await?;
+        Ok(times.into_iter().max())
+    }
+}
+
+/// How long a job without a lease is left alone after its last write.
+pub const LEASELESS_GRACE: chrono::Duration = chrono::Duration::minutes(10);
+
+fn newest_mtime(path: &std::path::Path) -> Option<std::time::SystemTime> {
+    let meta = std::fs::metadata(path).ok()?;
+    let mut newest = meta.modified().ok();
+    if meta.is_dir()
+        && let Ok(entries) = std::fs::read_dir(path)
+    {
+        for entry in entries.flatten() {
+            if let Some(t) = newest_mtime(&entry.path()) {
+                newest = Some(newest.map_or(t, |n| n.max(t)));
+            }
+        }
+    }
+    newest
 }
 
 fn remove_staging(dir: &std::path::Path, prefix: &str) {
@@ -648,10 +696,16 @@ mod tests {
             .await
             .unwrap();
         store.commit_winner(&id(0)).await.unwrap(); // job1 has no lease at all
-        let mut removed = store.sweep_expired(now).await.unwrap();
-        removed.sort();
-        assert_eq!(removed, vec!["job1".to_string(), "old".to_string()]);
+        let removed = store.sweep_expired(now).await.unwrap();
+        // A job without a lease may be starting: it is kept while written
+        // to recently.
+        assert_eq!(removed, vec!["old".to_string()]);
         assert!(dir.path().join("jobs/live/lease.json").exists());
         assert!(!dir.path().join("jobs/old").exists());
+        assert!(dir.path().join("jobs/job1").exists());
+        let later = Utc::now() + LEASELESS_GRACE + chrono::Duration::seconds(1);
+        let removed = store.sweep_expired(later).await.unwrap();
+        assert!(removed.contains(&"job1".to_string()), "{removed:?}");
+        assert!(!dir.path().join("jobs/job1").exists());
     }
 }
