@@ -128,13 +128,13 @@ pub struct EmbeddedEngine {
     dml_counts: bool,
 }
 
-/// A write's outcome as an engine output: a statement with a row count,
-/// or (DataFusion's convention for INSERT and COPY) a one-row `count`
-/// result.
-fn written(rows: u64, as_rows: bool) -> EngineOutput {
-    if !as_rows {
+/// A write's outcome as an engine output, for both engines: a statement
+/// with a row count; with DataFusion's conventions (`dml_counts`) a
+/// one-row `count` result, and nothing for CREATE TABLE AS (`creates`).
+fn written(rows: u64, creates: bool, dml_counts: bool) -> EngineOutput {
+    if !dml_counts || creates {
         return EngineOutput::Statement {
-            rows_affected: Some(rows),
+            rows_affected: (!dml_counts).then_some(rows),
         };
     }
     let schema = std::sync::Arc::new(arrow::datatypes::Schema::new(vec![
@@ -175,17 +175,14 @@ impl Engine for EmbeddedEngine {
             Executed::Plan { .. } => Ok(EngineOutput::Statement {
                 rows_affected: None,
             }),
-            // DataFusion's CREATE TABLE AS answers nothing.
-            Executed::Written { kind, .. }
-                if self.dml_counts && kind == sluice_planner::StatementKind::CreateTable =>
-            {
-                Ok(EngineOutput::Statement {
-                    rows_affected: None,
-                })
-            }
-            Executed::Written { outcome, .. } => Ok(written(outcome.rows, self.dml_counts)),
+            Executed::Written { outcome, kind, .. } => Ok(written(
+                outcome.rows,
+                kind == sluice_planner::StatementKind::CreateTable,
+                self.dml_counts,
+            )),
             Executed::WrittenSet { writes, .. } => Ok(written(
                 writes.iter().map(|w| w.outcome.rows).sum(),
+                false,
                 self.dml_counts,
             )),
             Executed::Rows { stream, .. } => {
@@ -356,16 +353,14 @@ impl Engine for FlightEngine {
                 .unwrap_or(0);
             let summary: serde_json::Value =
                 serde_json::from_slice(&info.app_metadata).unwrap_or_default();
-            let wrote = summary.get("rows_written").is_some();
-            // DataFusion's CREATE TABLE AS answers nothing.
+            if summary.get("rows_written").is_none() {
+                return Ok(EngineOutput::Statement {
+                    rows_affected: None,
+                });
+            }
             let creates = summary.get("kind").and_then(|k| k.as_str())
                 == Some(sluice_planner::StatementKind::CreateTable.label());
-            if wrote && self.dml_counts && !creates {
-                return Ok(EngineOutput::Rows { schema, batches });
-            }
-            return Ok(EngineOutput::Statement {
-                rows_affected: (wrote && !(creates && self.dml_counts)).then_some(rows as u64),
-            });
+            return Ok(written(rows as u64, creates, self.dml_counts));
         }
         Ok(EngineOutput::Rows { schema, batches })
     }
