@@ -25,8 +25,9 @@ pub(crate) enum Command {
     /// Flight SQL load: concurrent clients run mixed small queries while
     /// one bulk-ingests, against one `sluice server`.
     FlightLoad(FlightLoadArgs),
-    /// The 22 TPC-H queries in staged batch mode (embedded, through the
-    /// shuffle store) against DataFusion alone, in one process.
+    /// The 22 TPC-H queries run as stage graphs (embedded; staged batch
+    /// through the shuffle store, or streaming with live exchanges) against
+    /// DataFusion alone, in one process.
     TpchStaged(TpchStagedArgs),
     /// Shuffle throughput: about 2 GB through the shuffle writer and
     /// reader, against one IPC file per partition.
@@ -215,6 +216,11 @@ pub(crate) struct TpchStagedArgs {
     /// Sluice's task slots.
     #[arg(long, default_value_t = 2)]
     pub(crate) slots: usize,
+
+    /// How Sluice's stage graphs run: `batch` (staged, through the shuffle
+    /// store) or `streaming` (every task at once, live exchanges).
+    #[arg(long, default_value = "batch", value_parser = ["batch", "streaming"])]
+    pub(crate) mode: String,
 
     /// Only these queries, comma-separated (`q10,q18`); all 22 by default.
     #[arg(long)]

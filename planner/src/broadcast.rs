@@ -10,7 +10,8 @@
 //! placed right after `JoinSelection`, turns those back into partitioned
 //! joins before distribution is enforced. Null-aware anti joins stay
 //! `CollectLeft` (they need the whole probe side) and run in one task.
-//! Outside batch mode the rule changes nothing.
+//! Streaming mode cuts the same stage graphs, so the rule applies there
+//! too; with an unset mode it changes nothing.
 
 use std::sync::Arc;
 
@@ -46,7 +47,7 @@ impl PhysicalOptimizerRule for BroadcastSafeJoins {
         let batch = config
             .extensions
             .get::<SluiceOptions>()
-            .is_some_and(|o| o.runtime_mode == "batch");
+            .is_some_and(|o| o.cuts_stages());
         if !batch {
             return Ok(plan);
         }

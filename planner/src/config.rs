@@ -29,6 +29,11 @@ pub struct SluiceOptions {
     /// Send every staged task's plan through the executor wire format and
     /// decode it in a fresh executor context, as a cluster does.
     pub serialize_stage_plans: bool,
+    /// Batches each live exchange channel of streaming mode holds before
+    /// its producer waits.
+    pub streaming_buffer: usize,
+    /// Seconds a streaming job waits for task slots before it fails.
+    pub admission_timeout_secs: u64,
 }
 
 impl Default for SluiceOptions {
@@ -43,8 +48,24 @@ impl Default for SluiceOptions {
             shuffle_dir: String::new(),
             shuffle_compression: "lz4".to_string(),
             serialize_stage_plans: false,
+            streaming_buffer: 4,
+            admission_timeout_secs: 300,
         }
     }
+}
+
+impl SluiceOptions {
+    /// Whether jobs are cut into stages: staged batch mode and streaming
+    /// mode both run a stage graph; an unset mode runs plans whole, in
+    /// this process.
+    pub fn cuts_stages(&self) -> bool {
+        is_staged_mode(&self.runtime_mode)
+    }
+}
+
+/// Whether `mode` (a value of `sluice.runtime_mode`) runs stage graphs.
+pub fn is_staged_mode(mode: &str) -> bool {
+    matches!(mode, "batch" | "streaming")
 }
 
 impl ConfigExtension for SluiceOptions {
@@ -71,7 +92,7 @@ const SETTINGS: &[(&str, &str)] = &[
     ),
     (
         "task_slots",
-        "Tasks that run at once in staged batch mode; 0 means one per core",
+        "Task slots of this process; 0 means one per core. Staged batch mode runs that many tasks at once; a streaming job takes as many slots as its widest stage has tasks",
     ),
     (
         "task_max_attempts",
@@ -88,6 +109,14 @@ const SETTINGS: &[(&str, &str)] = &[
     (
         "serialize_stage_plans",
         "Encode every staged task's plan (datafusion-proto) and decode it in a fresh executor context, as a cluster does",
+    ),
+    (
+        "streaming_buffer",
+        "Batches each live exchange channel holds in streaming mode before its producer waits",
+    ),
+    (
+        "admission_timeout_secs",
+        "Seconds a streaming job waits for free task slots before it fails",
     ),
 ];
 
@@ -134,6 +163,23 @@ impl ExtensionOptions for SluiceOptions {
                 }
             }
             "shuffle_dir" => self.shuffle_dir = value.to_string(),
+            "streaming_buffer" => {
+                self.streaming_buffer = match value.parse() {
+                    Ok(n) if n >= 1 => n,
+                    _ => {
+                        return Err(datafusion::error::DataFusionError::Configuration(format!(
+                            "'{value}' is not a number of batches (1 or more)"
+                        )));
+                    }
+                }
+            }
+            "admission_timeout_secs" => {
+                self.admission_timeout_secs = value.parse().map_err(|_| {
+                    datafusion::error::DataFusionError::Configuration(format!(
+                        "'{value}' is not a number of seconds"
+                    ))
+                })?
+            }
             "serialize_stage_plans" => {
                 self.serialize_stage_plans = value.parse().map_err(|_| {
                     datafusion::error::DataFusionError::Configuration(format!(
@@ -169,6 +215,8 @@ impl ExtensionOptions for SluiceOptions {
             "shuffle_dir" => self.shuffle_dir.clone(),
             "shuffle_compression" => self.shuffle_compression.clone(),
             "serialize_stage_plans" => self.serialize_stage_plans.to_string(),
+            "streaming_buffer" => self.streaming_buffer.to_string(),
+            "admission_timeout_secs" => self.admission_timeout_secs.to_string(),
             _ => self.force_rerun.to_string(),
         };
         SETTINGS

@@ -1232,10 +1232,10 @@ impl SluiceSession {
             let planned = self.plan_insert(insert.clone(), index).await?;
             return self.explain_planned(planned).await;
         }
-        // In batch mode, EXPLAIN of a query shows its stage graph.
+        // In batch and streaming mode, EXPLAIN of a query shows its stage graph.
         if let DfStatement::Explain(explain) = &stmt
             && !explain.options.analyze
-            && self.options().runtime_mode == "batch"
+            && self.options().cuts_stages()
             && let DfStatement::Statement(inner) = explain.statement.as_ref()
             && matches!(inner.as_ref(), Statement::Query(_))
         {
@@ -1421,13 +1421,18 @@ impl SluiceSession {
                 store,
                 writer: sluice_shuffle::WriterOptions::default(),
                 single_result_task: query,
+                mode: if options.runtime_mode == "streaming" {
+                    crate::stages::ExchangeMode::Live
+                } else {
+                    crate::stages::ExchangeMode::Staged
+                },
             },
         )?)
     }
 
     /// A query answering with the plan of `planned`, as EXPLAIN does.
     pub async fn explain_planned(&self, planned: Planned) -> Result<Planned> {
-        let staged = self.options().runtime_mode == "batch";
+        let staged = self.options().cuts_stages();
         let text = match &planned {
             Planned::Write(w) if staged => self.stage_graph(&w.plan, false)?.display(),
             Planned::Query { plan } if staged => self.stage_graph(plan, true)?.display(),
@@ -1658,8 +1663,8 @@ pub(crate) fn external_for_schema(
     })
 }
 
-/// DataFusion settings that staged batch mode depends on, with their
-/// values in batch mode and otherwise.
+/// DataFusion settings that stage graphs depend on, with their values in
+/// batch and streaming mode, and otherwise.
 ///
 /// - Dynamic filters link a join to scans that may run in another stage.
 /// - File-stream work stealing lets one partition read another's files.
@@ -1680,14 +1685,18 @@ const STAGED_SETTINGS: &[(&str, &str, &str)] = &[
     ),
 ];
 
-/// Sets what staged batch mode needs when `mode` is `batch`, and
+/// Sets what stage graphs need when `mode` is `batch` or `streaming`, and
 /// DataFusion's defaults otherwise.
 pub fn apply_mode_settings(
     options: &mut datafusion::config::ConfigOptions,
     mode: &str,
 ) -> Result<()> {
     for (key, batch, other) in STAGED_SETTINGS {
-        let value = if mode == "batch" { batch } else { other };
+        let value = if crate::config::is_staged_mode(mode) {
+            batch
+        } else {
+            other
+        };
         options
             .set(key, value)
             .map_err(|e| PlannerError::InvalidSetting {

@@ -19,7 +19,9 @@
 //! anything else forces one task, as does a null-aware anti join.
 //!
 //! Each task runs its own instance of the stage plan, rebuilt node by node
-//! with fresh execution state, with its leaves cut down to its share.
+//! with fresh execution state, with its leaves cut down to its share. In
+//! staged batch mode its exchanges read and write the shuffle store; in
+//! streaming mode they are the ends of live channels ([`LiveExchanges`]).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -41,8 +43,8 @@ use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMerge
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties, displayable};
 use sluice_connectors::sink::SinkExec;
 use sluice_shuffle::{
-    AttemptId, AttemptIndex, ReadSpec, ShuffleOutput, ShuffleReaderExec, ShuffleStore,
-    ShuffleWriterExec, WriterOptions,
+    AttemptId, AttemptIndex, LiveExchange, LiveReaderExec, LiveWriterExec, ReadSpec, ShuffleOutput,
+    ShuffleReaderExec, ShuffleStore, ShuffleWriterExec, WriterOptions,
 };
 
 /// What a stage's tasks produce.
@@ -69,11 +71,25 @@ pub struct Stage {
     pub output: StageOutput,
 }
 
+/// How a graph's stages exchange rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ExchangeMode {
+    /// Staged batch: a stage runs once its inputs are committed to the
+    /// shuffle store.
+    #[default]
+    Staged,
+    /// Streaming: every task runs at once; exchanges are live, bounded
+    /// channels from producer tasks to consumer tasks.
+    Live,
+}
+
 /// A job's stages, upstream first; the last is the result stage.
 #[derive(Debug, Clone)]
 pub struct StageGraph {
     /// The stages, in an order where every stage comes after its inputs.
     pub stages: Vec<Stage>,
+    /// How the stages exchange rows.
+    pub mode: ExchangeMode,
 }
 
 /// How to cut.
@@ -87,6 +103,8 @@ pub struct StageOptions {
     pub writer: WriterOptions,
     /// The result stage streams rows to one client: run it as one task.
     pub single_result_task: bool,
+    /// How the stages exchange rows (only shown; the cut is the same).
+    pub mode: ExchangeMode,
 }
 
 impl StageGraph {
@@ -113,7 +131,46 @@ impl StageGraph {
         });
         Ok(Self {
             stages: cutter.stages,
+            mode: options.mode,
         })
+    }
+
+    /// Tasks of each stage, by stage id.
+    pub fn task_counts(&self) -> HashMap<u32, usize> {
+        self.stages.iter().map(|s| (s.id, s.tasks)).collect()
+    }
+
+    /// Task slots a streaming job takes: a slot holds one task of every
+    /// stage (as Flink's slot sharing does), so the widest stage decides.
+    pub fn slots_needed(&self) -> usize {
+        self.stages.iter().map(|s| s.tasks).max().unwrap_or(1)
+    }
+
+    /// How many copies of its output each map stage sends in streaming
+    /// mode: one per consumer task when the consumer replicates it (the
+    /// build side of a broadcast join), else one.
+    pub fn live_copies(&self) -> HashMap<u32, usize> {
+        fn walk(
+            plan: &Arc<dyn ExecutionPlan>,
+            tasks: usize,
+            replicated: bool,
+            out: &mut HashMap<u32, usize>,
+        ) {
+            if let Some(r) = plan.downcast_ref::<ShuffleReaderExec>() {
+                let copies = if replicated && tasks > 1 { tasks } else { 1 };
+                out.insert(r.stage(), copies);
+                return;
+            }
+            let replicate_left = replicates_build_side(plan.as_ref());
+            for (i, c) in plan.children().into_iter().enumerate() {
+                walk(c, tasks, replicated || (replicate_left && i == 0), out);
+            }
+        }
+        let mut out = HashMap::new();
+        for stage in &self.stages {
+            walk(&stage.plan, stage.tasks, false, &mut out);
+        }
+        out
     }
 
     /// The result stage.
@@ -125,11 +182,11 @@ impl StageGraph {
     /// output partitioning and plan.
     pub fn display(&self) -> String {
         let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "StageGraph: mode=batch (staged), stages={}",
-            self.stages.len()
-        );
+        let mode = match self.mode {
+            ExchangeMode::Staged => "batch (staged)",
+            ExchangeMode::Live => "streaming (live exchanges)",
+        };
+        let _ = writeln!(out, "StageGraph: mode={mode}, stages={}", self.stages.len());
         for stage in &self.stages {
             let output = match &stage.output {
                 StageOutput::Shuffle(s) => format!("shuffle {s}"),
@@ -411,24 +468,63 @@ pub fn task_instance(
     plan: &Arc<dyn ExecutionPlan>,
     spec: &TaskSpec,
 ) -> Result<Arc<dyn ExecutionPlan>> {
-    instance(plan, spec, false)
+    instance(plan, &Placement::of(spec), &Committed(spec), false)
 }
 
-fn share<T: Clone>(items: &[T], spec: &TaskSpec) -> Vec<T> {
-    items
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| i % spec.tasks == spec.task)
-        .map(|(_, x)| x.clone())
-        .collect()
+/// Where a task sits in its stage.
+#[derive(Debug, Clone, Copy)]
+pub struct Placement {
+    /// Stage id.
+    pub stage: u32,
+    /// Task index.
+    pub task: usize,
+    /// Tasks in the stage.
+    pub tasks: usize,
 }
 
-fn instance(
-    plan: &Arc<dyn ExecutionPlan>,
-    spec: &TaskSpec,
-    replicated: bool,
-) -> Result<Arc<dyn ExecutionPlan>> {
-    if let Some(r) = plan.downcast_ref::<ShuffleReaderExec>() {
+impl Placement {
+    fn of(spec: &TaskSpec) -> Self {
+        Self {
+            stage: spec.stage,
+            task: spec.task,
+            tasks: spec.tasks,
+        }
+    }
+}
+
+/// What a task instance's exchange leaves and root become.
+pub trait Exchanges {
+    /// The instance of `reader` exposing `read`; `copy` is the copy of a
+    /// replicated input this task reads (0 when not replicated).
+    fn reader(
+        &self,
+        reader: &ShuffleReaderExec,
+        read: ReadSpec,
+        copy: usize,
+    ) -> Result<Arc<dyn ExecutionPlan>>;
+
+    /// The instance of `writer` over the task's `input`.
+    fn writer(
+        &self,
+        writer: &ShuffleWriterExec,
+        input: Arc<dyn ExecutionPlan>,
+    ) -> Result<Arc<dyn ExecutionPlan>>;
+
+    /// The sink attempt number of this task.
+    fn attempt(&self) -> u32;
+}
+
+/// Staged batch: readers read committed attempts, writers write one.
+struct Committed<'a>(&'a TaskSpec);
+
+impl Exchanges for Committed<'_> {
+    fn reader(
+        &self,
+        r: &ShuffleReaderExec,
+        read: ReadSpec,
+        _copy: usize,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let spec = self.0;
         let inputs = spec.inputs.get(&r.stage()).cloned().ok_or_else(|| {
             DataFusionError::Internal(format!(
                 "stage {} runs before its input stage {} committed",
@@ -436,19 +532,120 @@ fn instance(
                 r.stage()
             ))
         })?;
+        Ok(Arc::new(r.instance(read, inputs)))
+    }
+
+    fn writer(
+        &self,
+        w: &ShuffleWriterExec,
+        input: Arc<dyn ExecutionPlan>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        Ok(Arc::new(w.with_attempt(input, self.0.attempt.clone())))
+    }
+
+    fn attempt(&self) -> u32 {
+        self.0.attempt.attempt
+    }
+}
+
+/// Streaming: readers and writers are the ends of one job's live channels.
+#[derive(Debug)]
+pub struct LiveExchanges<'a> {
+    /// The job's channels.
+    pub exchange: &'a Arc<LiveExchange>,
+    /// The stage graph's task counts ([`StageGraph::task_counts`]).
+    pub tasks: &'a HashMap<u32, usize>,
+    /// Copies each map stage sends ([`StageGraph::live_copies`]).
+    pub copies: &'a HashMap<u32, usize>,
+    /// The task the instance is for.
+    pub at: Placement,
+}
+
+impl Exchanges for LiveExchanges<'_> {
+    fn reader(
+        &self,
+        r: &ShuffleReaderExec,
+        read: ReadSpec,
+        copy: usize,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let upstream = self.tasks.get(&r.stage()).copied().ok_or_else(|| {
+            DataFusionError::Internal(format!("stage {} is not in the graph", r.stage()))
+        })?;
+        Ok(Arc::new(LiveReaderExec::try_new(
+            r,
+            read,
+            copy,
+            upstream,
+            Arc::clone(self.exchange),
+        )?))
+    }
+
+    fn writer(
+        &self,
+        w: &ShuffleWriterExec,
+        input: Arc<dyn ExecutionPlan>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let copies = self.copies.get(&self.at.stage).copied().unwrap_or(1);
+        Ok(Arc::new(LiveWriterExec::try_new(
+            input,
+            w.output().clone(),
+            self.at.stage,
+            self.at.task,
+            copies,
+            Arc::clone(self.exchange),
+        )?))
+    }
+
+    fn attempt(&self) -> u32 {
+        0
+    }
+}
+
+/// The instance of `plan` for the task at `at`, with its exchanges made by
+/// `exchanges` (see [`task_instance`] for staged batch mode).
+pub fn task_instance_with(
+    plan: &Arc<dyn ExecutionPlan>,
+    at: &Placement,
+    exchanges: &dyn Exchanges,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    instance(plan, at, exchanges, false)
+}
+
+fn share<T: Clone>(items: &[T], at: &Placement) -> Vec<T> {
+    items
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % at.tasks == at.task)
+        .map(|(_, x)| x.clone())
+        .collect()
+}
+
+fn instance(
+    plan: &Arc<dyn ExecutionPlan>,
+    at: &Placement,
+    exchanges: &dyn Exchanges,
+    replicated: bool,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    if let Some(r) = plan.downcast_ref::<ShuffleReaderExec>() {
         let read = match r.spec() {
-            ReadSpec::Partitions(p) if !replicated && spec.tasks > 1 => {
-                ReadSpec::Partitions(share(p, spec))
+            ReadSpec::Partitions(p) if !replicated && at.tasks > 1 => {
+                ReadSpec::Partitions(share(p, at))
             }
             other => other.clone(),
         };
-        return Ok(Arc::new(r.instance(read, inputs)));
+        // Matches `StageGraph::live_copies`.
+        let copy = if replicated && at.tasks > 1 {
+            at.task
+        } else {
+            0
+        };
+        return exchanges.reader(r, read, copy);
     }
     if let Some(config) = file_scan_config(plan.as_ref()) {
-        let groups: Vec<FileGroup> = if replicated || spec.tasks == 1 {
+        let groups: Vec<FileGroup> = if replicated || at.tasks == 1 {
             config.file_groups.clone()
         } else {
-            share(&config.file_groups, spec)
+            share(&config.file_groups, at)
         };
         let config = FileScanConfigBuilder::from(config.clone())
             .with_file_groups(groups)
@@ -456,22 +653,22 @@ fn instance(
         return Ok(DataSourceExec::from_data_source(config));
     }
     if let Some(w) = plan.downcast_ref::<ShuffleWriterExec>() {
-        let input = instance(w.input(), spec, replicated)?;
-        return Ok(Arc::new(w.with_attempt(input, spec.attempt.clone())));
+        let input = instance(w.input(), at, exchanges, replicated)?;
+        return exchanges.writer(w, input);
     }
     let replicate_left = replicates_build_side(plan.as_ref());
     let children = plan
         .children()
         .into_iter()
         .enumerate()
-        .map(|(i, c)| instance(c, spec, replicated || (replicate_left && i == 0)))
+        .map(|(i, c)| instance(c, at, exchanges, replicated || (replicate_left && i == 0)))
         .collect::<Result<Vec<_>>>()?;
     if let Some(s) = plan.downcast_ref::<SinkExec>() {
         let input = children.into_iter().next().expect("sink has an input");
         return Ok(Arc::new(s.instance(
             input,
-            (spec.task as u64) << 32,
-            spec.attempt.attempt,
+            (at.task as u64) << 32,
+            exchanges.attempt(),
         )));
     }
     let rebuilt = if children.is_empty() {

@@ -29,17 +29,66 @@ use sluice_planner::shared_scan::SharedScanConsumerExec;
 use sluice_planner::{WriteJob, WriteSet};
 
 use crate::staged::StagedRuntime;
+use crate::streaming::StreamingRuntime;
+
+/// How a job's stage graph runs, when it is cut into stages at all.
+#[derive(Debug, Clone)]
+pub enum StageRuntime {
+    /// Staged batch: stage by stage through the shuffle store.
+    Staged(StagedRuntime),
+    /// Streaming: every task at once, live exchanges.
+    Streaming(StreamingRuntime),
+}
+
+impl StageRuntime {
+    /// Runs a query; the stream yields the result stage's rows.
+    pub async fn run_query(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+        ctx: Arc<TaskContext>,
+    ) -> datafusion::error::Result<datafusion::execution::SendableRecordBatchStream> {
+        match self {
+            Self::Staged(r) => r.run_query(plan, ctx).await,
+            Self::Streaming(r) => r.run_query(plan, ctx).await,
+        }
+    }
+
+    /// Runs a write job; returns the sink tasks' commit messages and the
+    /// rows the sources read.
+    pub async fn run_write(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+        ctx: Arc<TaskContext>,
+    ) -> datafusion::error::Result<(Vec<CommitMessage>, u64)> {
+        match self {
+            Self::Staged(r) => r.run_write(plan, ctx).await,
+            Self::Streaming(r) => r.run_write(plan, ctx).await,
+        }
+    }
+
+    /// The stage graph `plan` runs as.
+    pub fn stage_graph(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+        result_as_one_task: bool,
+    ) -> datafusion::error::Result<sluice_planner::stages::StageGraph> {
+        match self {
+            Self::Staged(r) => r.stage_graph(plan, result_as_one_task),
+            Self::Streaming(r) => r.stage_graph(plan, result_as_one_task),
+        }
+    }
+}
 
 /// How often a running job renews its sink lease.
 const HEARTBEAT: Duration = Duration::from_secs(60);
 
 /// Runs `job` to completion and commits it, or aborts it on any failure.
-/// With `staged`, the plan runs stage by stage through the shuffle store.
+/// With `staged`, the plan runs as a stage graph (staged batch or streaming).
 /// Returns the commit's outcome and the rows the sources read.
 pub async fn run_write(
     job: &WriteJob,
     ctx: Arc<TaskContext>,
-    staged: Option<&StagedRuntime>,
+    staged: Option<&StageRuntime>,
 ) -> Result<(CommitOutcome, Option<u64>), PlannerError> {
     job.sink.begin(&job.job_id).await?;
     let heartbeat = heartbeat(job);
@@ -96,7 +145,7 @@ fn heartbeat(job: &WriteJob) -> SpawnedTask<()> {
 pub async fn run_write_set(
     set: &WriteSet,
     ctx: Arc<TaskContext>,
-    staged: Option<&StagedRuntime>,
+    staged: Option<&StageRuntime>,
 ) -> Result<(Vec<CommitOutcome>, Option<u64>), PlannerError> {
     let all: Vec<usize> = (0..set.jobs.len()).collect();
     for (k, job) in set.jobs.iter().enumerate() {
@@ -191,7 +240,7 @@ pub async fn run_write_set(
 async fn stage_set(
     set: &WriteSet,
     ctx: Arc<TaskContext>,
-    staged: Option<&StagedRuntime>,
+    staged: Option<&StageRuntime>,
 ) -> Result<(Vec<Vec<CommitMessage>>, Option<u64>), (usize, PlannerError)> {
     if let Some(runtime) = staged {
         let mut messages = Vec::with_capacity(set.jobs.len());

@@ -10,8 +10,9 @@ use sluice_planner::error::PlannerError;
 use sluice_planner::{Planned, RunContext, SluiceSession, SluiceStatement, StatementKind};
 
 use crate::cluster::ClusterScheduler;
-use crate::coordinator;
+use crate::coordinator::{self, StageRuntime};
 use crate::staged::StagedRuntime;
+use crate::streaming::StreamingRuntime;
 
 /// What executing one statement produced.
 pub enum Executed {
@@ -123,33 +124,45 @@ impl EmbeddedSession {
         self.run_planned(planned, on_write).await
     }
 
-    /// The staged runtime when the session is in batch mode.
-    async fn staged_runtime(&self) -> Result<Option<StagedRuntime>, PlannerError> {
+    /// The stage runtime of the session's mode: staged in batch mode,
+    /// live in streaming mode, none when the mode is unset.
+    async fn staged_runtime(&self) -> Result<Option<StageRuntime>, PlannerError> {
         let options = self.session.options();
-        if options.runtime_mode != "batch" {
-            return Ok(None);
+        match options.runtime_mode.as_str() {
+            "batch" => {}
+            // A coordinator runs streaming jobs in its own process: live
+            // exchanges between executors are not built yet.
+            "streaming" => {
+                return Ok(Some(StageRuntime::Streaming(
+                    StreamingRuntime::from_options(&options),
+                )));
+            }
+            _ => return Ok(None),
         }
         if let Some(cluster) = &self.cluster {
-            return Ok(Some(
+            return Ok(Some(StageRuntime::Staged(
                 StagedRuntime::for_cluster(
                     &options,
                     Arc::clone(cluster),
                     Arc::clone(self.session.connectors().stores()),
                 )
                 .map_err(PlannerError::from)?,
-            ));
+            )));
         }
         let runtime = StagedRuntime::from_options(&options)
             .await
             .map_err(PlannerError::from)?;
-        Ok(Some(if options.serialize_stage_plans {
-            runtime.with_serialized_plans(Arc::clone(self.session.connectors()))
-        } else {
-            runtime
-        }))
+        Ok(Some(StageRuntime::Staged(
+            if options.serialize_stage_plans {
+                runtime.with_serialized_plans(Arc::clone(self.session.connectors()))
+            } else {
+                runtime
+            },
+        )))
     }
 
-    /// Runs a query plan: stage by stage in batch mode, pipelined otherwise.
+    /// Runs a query plan: as a stage graph in batch and streaming mode,
+    /// whole in this process otherwise.
     pub async fn query_stream(
         &self,
         plan: Arc<dyn ExecutionPlan>,
@@ -242,11 +255,11 @@ impl EmbeddedSession {
     }
 }
 
-/// The plan as `--dry-run` prints it: the stage graph in batch mode, the
-/// physical plan otherwise.
+/// The plan as `--dry-run` prints it: the stage graph in batch and
+/// streaming mode, the physical plan otherwise.
 fn plan_text(
     plan: &Arc<dyn ExecutionPlan>,
-    staged: Option<&StagedRuntime>,
+    staged: Option<&StageRuntime>,
     query: bool,
 ) -> Result<String, PlannerError> {
     Ok(match staged {

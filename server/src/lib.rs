@@ -15,6 +15,7 @@ mod remote;
 pub mod run;
 pub mod slt;
 pub mod staged;
+pub mod streaming;
 pub mod worker;
 
 use clap::Parser;

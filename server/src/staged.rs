@@ -47,7 +47,7 @@ use sluice_planner::codec::{
     ExecutorRegistries, decode_stage_plan, encode_stage_plan, executor_task_context,
 };
 use sluice_planner::stages::{
-    Stage, StageGraph, StageOptions, StageOutput, TaskSpec, task_instance,
+    ExchangeMode, Stage, StageGraph, StageOptions, StageOutput, TaskSpec, task_instance,
 };
 use sluice_shuffle::{
     AttemptId, AttemptIndex, Commit, JobRecord, LeaseHolder, ShuffleCompression, ShuffleReaderExec,
@@ -63,8 +63,9 @@ use crate::cluster::protocol::{Outcome, OutputKind, TaskAssignment, b64, unb64};
 const LEASE: Duration = Duration::from_secs(300);
 
 /// Environment variable of the test-only fault hook:
-/// `stage=S,task=T,attempt=A,after=N,action=fail|pause` makes that task
-/// attempt fail (or stall) after N input batches. Absent fields match all.
+/// `stage=S,task=T,attempt=A,after=N,action=fail|pause|delay[,delay_ms=D]`
+/// makes that task attempt fail, stall, or wait D ms (default 10) before
+/// each batch, after N input batches. Absent fields match all.
 pub const FAULT_ENV: &str = "SLUICE_TEST_FAULT";
 
 /// The shuffle store, slots and retry policy of staged runs.
@@ -286,6 +287,7 @@ impl StagedRuntime {
                 store: self.store.clone(),
                 writer: self.writer,
                 single_result_task: result_as_one_task,
+                mode: ExchangeMode::Staged,
             },
         )
     }
@@ -353,42 +355,56 @@ impl StagedRuntime {
         Ok((outcome.messages, outcome.rows_read))
     }
 
-    /// Runs each uncorrelated scalar subquery as a job of its own, stores
-    /// its value where the plan's expressions read it, and removes the
-    /// `ScalarSubqueryExec` nodes.
-    fn resolve_scalar_subqueries<'a>(
-        &'a self,
+    fn resolve_scalar_subqueries(
+        &self,
         plan: Arc<dyn ExecutionPlan>,
         ctx: Arc<TaskContext>,
-    ) -> futures::future::BoxFuture<'a, Result<Arc<dyn ExecutionPlan>>> {
+    ) -> futures::future::BoxFuture<'_, Result<Arc<dyn ExecutionPlan>>> {
         Box::pin(async move {
-            if let Some(s) = plan.downcast_ref::<ScalarSubqueryExec>() {
-                for link in s.subqueries() {
-                    let stream = self
-                        .run_query(Arc::clone(&link.plan), Arc::clone(&ctx))
-                        .await?;
-                    let batches: Vec<RecordBatch> =
-                        datafusion::physical_plan::common::collect(stream).await?;
-                    let value = scalar_of(&batches, &link.plan.schema())?;
-                    s.results().set(link.index, value)?;
-                }
-                let input = Arc::clone(s.input());
-                return self.resolve_scalar_subqueries(input, ctx).await;
-            }
-            let children = plan.children();
-            if children.is_empty() {
-                return Ok(plan);
-            }
-            let mut resolved = Vec::with_capacity(children.len());
-            for c in children {
-                resolved.push(
-                    self.resolve_scalar_subqueries(Arc::clone(c), Arc::clone(&ctx))
-                        .await?,
-                );
-            }
-            Arc::clone(&plan).replace_children(resolved, recompute())
+            resolve_scalar_subqueries(plan, ctx, &|p, c| Box::pin(self.run_query(p, c))).await
         })
     }
+}
+
+/// Runs a query plan to a stream of rows: how a mode runs a subquery.
+pub(crate) type QueryRunner<'a> = dyn Fn(
+        Arc<dyn ExecutionPlan>,
+        Arc<TaskContext>,
+    ) -> futures::future::BoxFuture<'a, Result<SendableRecordBatchStream>>
+    + Send
+    + Sync
+    + 'a;
+
+/// Runs each uncorrelated scalar subquery of `plan` as a job of its own
+/// with `run`, stores its value where the plan's expressions read it, and
+/// removes the `ScalarSubqueryExec` nodes, so stages never split one.
+pub(crate) fn resolve_scalar_subqueries<'a>(
+    plan: Arc<dyn ExecutionPlan>,
+    ctx: Arc<TaskContext>,
+    run: &'a QueryRunner<'a>,
+) -> futures::future::BoxFuture<'a, Result<Arc<dyn ExecutionPlan>>> {
+    Box::pin(async move {
+        if let Some(s) = plan.downcast_ref::<ScalarSubqueryExec>() {
+            for link in s.subqueries() {
+                let stream = run(Arc::clone(&link.plan), Arc::clone(&ctx)).await?;
+                let batches: Vec<RecordBatch> =
+                    datafusion::physical_plan::common::collect(stream).await?;
+                let value = scalar_of(&batches, &link.plan.schema())?;
+                s.results().set(link.index, value)?;
+            }
+            let input = Arc::clone(s.input());
+            return resolve_scalar_subqueries(input, ctx, run).await;
+        }
+        let children = plan.children();
+        if children.is_empty() {
+            return Ok(plan);
+        }
+        let mut resolved = Vec::with_capacity(children.len());
+        for c in children {
+            resolved.push(resolve_scalar_subqueries(Arc::clone(c), Arc::clone(&ctx), run).await?);
+        }
+        Arc::clone(&plan).replace_children(resolved, recompute())
+    })
 }
 
 /// The value of a scalar subquery's result: NULL for no row, an error for
@@ -882,10 +898,14 @@ pub(crate) async fn execute_attempt(
 
 /// Rows read by the source leaves of an executed stage plan (shuffle
 /// readers excluded). Rows of retried attempts count again.
-fn rows_read(plan: &Arc<dyn ExecutionPlan>) -> u64 {
+pub(crate) fn rows_read(plan: &Arc<dyn ExecutionPlan>) -> u64 {
     let children = plan.children();
     if children.is_empty() {
-        if plan.downcast_ref::<ShuffleReaderExec>().is_some() {
+        if plan.downcast_ref::<ShuffleReaderExec>().is_some()
+            || plan
+                .downcast_ref::<sluice_shuffle::LiveReaderExec>()
+                .is_some()
+        {
             return 0;
         }
         return plan
@@ -956,23 +976,32 @@ impl Drop for JobStream {
 
 /// The test-only fault hook (see [`FAULT_ENV`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Fault {
+pub(crate) struct Fault {
     stage: Option<u32>,
     task: Option<u32>,
     attempt: Option<u32>,
     after: usize,
-    pause: bool,
+    action: FaultAction,
+}
+
+/// What a matching task attempt does after `after` batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FaultAction {
+    Fail,
+    Pause,
+    /// Waits this long before passing each further batch on (a slow sink).
+    Delay(Duration),
 }
 
 impl Fault {
-    fn from_env() -> Option<Self> {
+    pub(crate) fn from_env() -> Option<Self> {
         let spec = std::env::var(FAULT_ENV).ok()?;
         let mut fault = Fault {
             stage: None,
             task: None,
             attempt: Some(0),
             after: 0,
-            pause: false,
+            action: FaultAction::Fail,
         };
         for part in spec.split(',') {
             let (k, v) = part.split_once('=')?;
@@ -982,22 +1011,26 @@ impl Fault {
                 ("attempt", "any") => fault.attempt = None,
                 ("attempt", v) => fault.attempt = v.parse().ok(),
                 ("after", v) => fault.after = v.parse().ok()?,
-                ("action", "pause") => fault.pause = true,
-                ("action", _) => fault.pause = false,
+                ("action", "pause") => fault.action = FaultAction::Pause,
+                ("action", "delay") => fault.action = FaultAction::Delay(Duration::from_millis(10)),
+                ("action", _) => fault.action = FaultAction::Fail,
+                ("delay_ms", v) => {
+                    fault.action = FaultAction::Delay(Duration::from_millis(v.parse().ok()?))
+                }
                 _ => return None,
             }
         }
         Some(fault)
     }
 
-    fn matches(&self, id: &AttemptId) -> bool {
+    pub(crate) fn matches(&self, id: &AttemptId) -> bool {
         self.stage.is_none_or(|s| s == id.stage)
             && self.task.is_none_or(|t| t == id.task)
             && self.attempt.is_none_or(|a| a == id.attempt)
     }
 
     /// Puts the fault under the instance's root.
-    fn inject(&self, root: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
+    pub(crate) fn inject(&self, root: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
         let children: Vec<Arc<dyn ExecutionPlan>> = root
             .children()
             .into_iter()
@@ -1071,8 +1104,13 @@ impl ExecutionPlan for FaultExec {
             let fault = fault.clone();
             async move {
                 if i >= fault.after {
-                    if fault.pause {
-                        futures::future::pending::<()>().await;
+                    match fault.action {
+                        FaultAction::Pause => futures::future::pending::<()>().await,
+                        FaultAction::Delay(d) => {
+                            tokio::time::sleep(d).await;
+                            return batch;
+                        }
+                        FaultAction::Fail => {}
                     }
                     return Err(DataFusionError::Execution(format!(
                         "injected fault after {} batches (test hook {FAULT_ENV})",

@@ -11,6 +11,8 @@
 //!   the root and leaves of stage plans.
 //! - [`ShuffleService`] / [`ShuffleClient`]: the Flight shuffle service
 //!   (`do_put`, `do_get`, job actions) a shuffle worker serves.
+//! - [`LiveExchange`], [`LiveWriterExec`], [`LiveReaderExec`]: streaming
+//!   mode's exchanges, bounded channels from map tasks to consumer tasks.
 //! - [`MemoryBudget`]: bytes buffered by a worker, with back-pressure.
 //! - [`shuffle_metrics`]: process-wide counters for `/metrics`.
 
@@ -19,6 +21,7 @@ pub mod client;
 mod data;
 mod error;
 pub mod format;
+mod live;
 mod local;
 mod metrics;
 mod reader;
@@ -30,6 +33,7 @@ pub use budget::{BudgetPermit, MemoryBudget};
 pub use client::ShuffleClient;
 pub use error::{Result, ShuffleError};
 pub use format::{AttemptIndex, ShuffleCompression};
+pub use live::{Frame, LiveExchange, LiveReaderExec, LiveWriterExec};
 pub use metrics::{ShuffleMetrics, shuffle_metrics};
 pub use reader::{ReadSpec, ShuffleReaderExec};
 pub use service::ShuffleService;

@@ -218,11 +218,11 @@ impl SluiceSession {
             bound.push(b);
         }
 
-        // Staged batch mode runs each job stage by stage through the shuffle
-        // store; a scan shared across jobs would tie their stages together,
+        // Stage graphs (batch and streaming mode) run each job on its own;
+        // a scan shared across jobs would tie their stages together,
         // so each INSERT reads its sources itself.
         let mut shared = vec![];
-        if self.options().runtime_mode != "batch" {
+        if !self.options().cuts_stages() {
             let mut per_insert = Vec::with_capacity(bound.len());
             for b in &bound {
                 per_insert.push(if has_recursive_query(&b.plan)? {

@@ -538,6 +538,7 @@ mod http {
             &[("", state.session_count() as u64)],
         );
         crate::staged::StagedCounters::global().render(&mut out);
+        crate::streaming::StreamingCounters::global().render(&mut out);
         if let Some(cluster) = &state.cluster {
             cluster.render(&mut out);
         }

@@ -16,6 +16,7 @@ mod s3;
 mod slt_cmd;
 mod staged;
 mod statement_set;
+mod streaming;
 mod support;
 
 use std::path::PathBuf;
@@ -54,6 +55,7 @@ fn main() -> ExitCode {
     trials.extend(staged::trials());
     trials.extend(cluster::trials());
     trials.extend(statement_set::trials());
+    trials.extend(streaming::trials());
     trials.extend(slt_cmd::trials());
     trials.extend(conformance::trials());
     trials.extend(db_partitions::trials());

@@ -59,7 +59,7 @@ pub(crate) fn trials() -> Vec<Trial> {
     trials
 }
 
-fn runtime() -> tokio::runtime::Runtime {
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(PARTITIONS)
         .enable_all()
@@ -96,7 +96,7 @@ async fn staged_session(
     Ok(session)
 }
 
-async fn execute(session: &EmbeddedSession, sql: &str) -> Result<Executed, Failed> {
+pub(crate) async fn execute(session: &EmbeddedSession, sql: &str) -> Result<Executed, Failed> {
     let stmt = parse_statement(sql).map_err(|e| format!("{sql}: {e}"))?;
     session
         .execute(stmt, 1, &mut |_| {})
@@ -104,7 +104,7 @@ async fn execute(session: &EmbeddedSession, sql: &str) -> Result<Executed, Faile
         .map_err(|e| format!("{sql}: {e}").into())
 }
 
-async fn rows_of(executed: Executed) -> Result<Vec<RecordBatch>, Failed> {
+pub(crate) async fn rows_of(executed: Executed) -> Result<Vec<RecordBatch>, Failed> {
     match executed {
         Executed::Rows { stream, .. } => Ok(collect(stream).await?),
         _ => Err("expected rows".into()),
@@ -122,7 +122,7 @@ pub(crate) fn leftover_jobs(shuffle: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn has_join(plan: &Arc<dyn ExecutionPlan>) -> bool {
+pub(crate) fn has_join(plan: &Arc<dyn ExecutionPlan>) -> bool {
     plan.downcast_ref::<HashJoinExec>().is_some()
         || plan.downcast_ref::<NestedLoopJoinExec>().is_some()
         || plan.children().into_iter().any(has_join)
