@@ -17,7 +17,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use arrow::array::{ArrayRef, RecordBatch, StringArray, UInt32Array, UInt64Array};
+use arrow::array::{Array, ArrayRef, RecordBatch, StringArray, UInt32Array, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::common::DataFusionError;
@@ -302,6 +302,23 @@ pub struct WriteProgress {
     pub rows: AtomicU64,
     /// Batches staged so far.
     pub batches: AtomicU64,
+    /// Arrow bytes of the rows staged so far (the rows' own slices of
+    /// their buffers, before the sink encodes them).
+    pub bytes: AtomicU64,
+}
+
+/// The Arrow bytes a batch's rows occupy: the slices of the buffers they
+/// use, not the whole buffers a slice may point into.
+fn data_bytes(batch: &RecordBatch) -> u64 {
+    batch
+        .columns()
+        .iter()
+        .map(|c| {
+            c.to_data()
+                .get_slice_memory_size()
+                .unwrap_or_else(|_| c.get_array_memory_size()) as u64
+        })
+        .sum()
 }
 
 /// Schema of the rows [`SinkExec`] emits: one per task.
@@ -523,8 +540,10 @@ impl ExecutionPlan for SinkExec {
                 let result = match batch {
                     Ok(batch) => {
                         let n = batch.num_rows() as u64;
+                        let bytes = data_bytes(&batch);
                         let r = writer.write(batch).await.map_err(DataFusionError::from);
                         progress.rows.fetch_add(n, Ordering::Relaxed);
+                        progress.bytes.fetch_add(bytes, Ordering::Relaxed);
                         progress.batches.fetch_add(1, Ordering::Relaxed);
                         r
                     }

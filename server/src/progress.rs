@@ -77,13 +77,20 @@ impl Drop for StatementProgress {
 
 fn describe(c: &WriteProgress, started: Instant) -> String {
     let rows = c.rows.load(Ordering::Relaxed);
+    let bytes = c.bytes.load(Ordering::Relaxed);
     let secs = started.elapsed().as_secs_f64();
-    let rate = if secs > 0.0 { rows as f64 / secs } else { 0.0 };
+    let (rate, byte_rate) = if secs > 0.0 {
+        (rows as f64 / secs, (bytes as f64 / secs) as u64)
+    } else {
+        (0.0, 0)
+    };
     format!(
-        "{} rows written, {:.1} s, {} rows/s",
+        "{} rows ({}) written, {:.1} s, {} rows/s, {}/s",
         human(rows as f64),
+        human_bytes(bytes),
         secs,
-        human(rate)
+        human(rate),
+        human_bytes(byte_rate)
     )
 }
 
@@ -111,5 +118,29 @@ pub(crate) fn human_bytes(n: u64) -> String {
         format!("{:.1} KiB", n / 1024.0)
     } else {
         format!("{n:.0} B")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_names_rows_bytes_and_rates() {
+        let c = WriteProgress::default();
+        c.rows.store(1_234_567, Ordering::Relaxed);
+        c.bytes.store(10 * 1024 * 1024, Ordering::Relaxed);
+        let started = Instant::now() - Duration::from_secs(2);
+        let text = describe(&c, started);
+        assert!(
+            text.starts_with("1.23M rows (10.0 MiB) written, 2.0 s, "),
+            "{text}"
+        );
+        // 10 MiB in about 2 s.
+        assert!(text.ends_with(" MiB/s"), "{text}");
+        assert!(
+            text.contains("617.3k rows/s") || text.contains("rows/s, 5.0 MiB/s"),
+            "{text}"
+        );
     }
 }
