@@ -567,7 +567,48 @@ fn health_and_metrics() -> Result<(), Failed> {
             && value("sluice_shuffle_objects_written_total") >= 2.0
             && value("sluice_shuffle_buffered_bytes") == 0.0
             && value("sluice_shuffle_active_writers") == 0.0,
-        metrics,
+        metrics.clone(),
+    )?;
+
+    // A streaming query over Flight SQL runs its stage graph with live
+    // exchanges; its job is counted and its tasks and slots are released.
+    let out = s.run(
+        &[
+            "--server",
+            &format!("http://{}", server.address),
+            "--format",
+            "csv",
+            "-e",
+            "SET 'execution.runtime-mode' = 'streaming'; \
+             SET 'datafusion.execution.target_partitions' = '2'; \
+             SELECT count(*) AS groups, sum(n) AS rows FROM \
+             (SELECT value % 10 AS k, count(*) AS n FROM generate_series(1, 10000) GROUP BY value % 10)",
+        ],
+        None,
+    );
+    ensure(
+        out.status.success() && stdout(&out).contains("10,10000"),
+        format!("{}{}", stdout(&out), stderr(&out)),
+    )?;
+    // Tasks end as the result does; the gauge follows within moments.
+    let read = |name: &str, metrics: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(-1.0)
+    };
+    wait_until(10, || {
+        http_get(&http, "/metrics").is_ok_and(|m| read("sluice_streaming_tasks_running", &m) == 0.0)
+    });
+    let metrics = http_get(&http, "/metrics")?;
+    let value = |name: &str| read(name, &metrics);
+    ensure(
+        value("sluice_streaming_jobs_total") >= 1.0
+            && value("sluice_streaming_jobs_failed_total") == 0.0
+            && value("sluice_streaming_jobs_queued") == 0.0
+            && value("sluice_streaming_tasks_running") == 0.0,
+        metrics.clone(),
     )
 }
 
