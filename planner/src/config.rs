@@ -61,6 +61,14 @@ impl SluiceOptions {
     pub fn cuts_stages(&self) -> bool {
         is_staged_mode(&self.runtime_mode)
     }
+
+    /// The process's task slots: `task_slots`, or one per core when 0.
+    pub fn slots(&self) -> usize {
+        match self.task_slots {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
+        }
+    }
 }
 
 /// Whether `mode` (a value of `sluice.runtime_mode`) runs stage graphs.

@@ -1406,10 +1406,7 @@ impl SluiceSession {
         query: bool,
     ) -> Result<crate::stages::StageGraph> {
         let options = self.options();
-        let slots = match options.task_slots {
-            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
-            n => n,
-        };
+        let slots = options.slots();
         let store = sluice_shuffle::ShuffleStore::new(
             Arc::new(object_store::memory::InMemory::new()),
             "memory://explain",

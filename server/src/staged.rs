@@ -186,10 +186,7 @@ impl StagedRuntime {
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "could not sweep expired shuffle data"),
         }
-        let slots = match options.task_slots {
-            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
-            n => n,
-        };
+        let slots = options.slots();
         let compression: ShuffleCompression = options.shuffle_compression.parse()?;
         Ok(Self {
             store,

@@ -133,10 +133,7 @@ pub struct StreamingRuntime {
 impl StreamingRuntime {
     /// The runtime the session's settings describe.
     pub fn from_options(options: &SluiceOptions) -> Self {
-        let slots = match options.task_slots {
-            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
-            n => n,
-        };
+        let slots = options.slots();
         Self {
             slots,
             pool: pool(slots),
