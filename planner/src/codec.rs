@@ -50,8 +50,8 @@ use sluice_connectors::mysql::{MySqlScanDescriptor, MySqlScanExec};
 use sluice_connectors::postgres::{PostgresScanDescriptor, PostgresScanExec};
 use sluice_connectors::{ConnectorFactory, SinkDescriptor, SinkExec};
 use sluice_shuffle::{
-    AttemptId, AttemptIndex, ReadSpec, ShuffleOutput, ShuffleReaderExec, ShuffleStore,
-    ShuffleWriterExec, WriterOptions,
+    AttemptId, AttemptIndex, LiveReaderExec, LiveRegistry, LiveWriterExec, ReadSpec, ShuffleOutput,
+    ShuffleReaderExec, ShuffleStore, ShuffleWriterExec, WriterOptions,
 };
 
 /// Version of the stage plan encoding: the envelope, the extension nodes and
@@ -65,6 +65,9 @@ pub struct ExecutorRegistries {
     pub shuffle: ShuffleStore,
     /// Opens sinks (and their object stores) from declarations.
     pub connectors: Arc<ConnectorFactory>,
+    /// The process's live exchanges, which streaming tasks write to and
+    /// its live service serves.
+    pub live: Arc<LiveRegistry>,
 }
 
 /// Encodes a task's plan instance.
@@ -170,6 +173,34 @@ const KIND_SINK: &str = "sink";
 const KIND_POSTGRES_SCAN: &str = "postgres_scan";
 const KIND_MYSQL_SCAN: &str = "mysql_scan";
 const KIND_CSV_SCAN: &str = "csv_scan";
+const KIND_LIVE_WRITER: &str = "live_writer";
+const KIND_LIVE_READER: &str = "live_reader";
+
+/// The job and channel parameters of a live exchange node.
+#[derive(Serialize, Deserialize)]
+struct LiveHeader {
+    job: String,
+    capacity: usize,
+}
+
+#[derive(Serialize, Deserialize)]
+struct LiveWriterHeader {
+    live: LiveHeader,
+    stage: u32,
+    task: usize,
+    copies: usize,
+    single: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+struct LiveReaderHeader {
+    live: LiveHeader,
+    reader: ReaderHeader,
+    copy: usize,
+    /// Per upstream map task: `None` in the reading process, else the URL
+    /// of the live service of the process running it.
+    sources: Vec<Option<String>>,
+}
 
 #[derive(Serialize, Deserialize)]
 struct WriterHeader {
@@ -278,20 +309,7 @@ impl PhysicalExtensionCodec for StageCodec {
             KIND_WRITER => {
                 let h: WriterHeader = from_json(KIND_WRITER, &node.header)?;
                 let input = input(KIND_WRITER)?;
-                let output = if h.single {
-                    ShuffleOutput::Single
-                } else {
-                    let p = parse_protobuf_partitioning(
-                        node.partitioning.as_ref(),
-                        &decode_ctx,
-                        &input.schema(),
-                        converter,
-                    )?
-                    .ok_or_else(|| {
-                        DataFusionError::Plan("shuffle writer without partitioning".into())
-                    })?;
-                    ShuffleOutput::Partitioned(p)
-                };
+                let output = writer_output(&node, h.single, &input, &decode_ctx, converter)?;
                 let template = ShuffleWriterExec::new(
                     Arc::clone(&input),
                     output,
@@ -305,47 +323,8 @@ impl PhysicalExtensionCodec for StageCodec {
             }
             KIND_READER => {
                 let h: ReaderHeader = from_json(KIND_READER, &node.header)?;
-                let schema = Arc::new(schema(&node)?);
-                let hash = if h.hashed {
-                    Some(
-                        node.exprs
-                            .iter()
-                            .map(|e| converter.proto_to_physical_expr(e, &schema, &decode_ctx))
-                            .collect::<Result<Vec<_>>>()?,
-                    )
-                } else {
-                    None
-                };
-                let ordering =
-                    parse_physical_sort_exprs(&node.ordering, &decode_ctx, &schema, converter)?;
-                let mut eq = if ordering.is_empty() {
-                    EquivalenceProperties::new(Arc::clone(&schema))
-                } else {
-                    EquivalenceProperties::new_with_orderings(Arc::clone(&schema), [ordering])
-                };
-                let mut constants = vec![];
-                for i in &h.constants {
-                    let field = schema.fields().get(*i).ok_or_else(|| {
-                        DataFusionError::Internal(format!(
-                            "shuffle reader constant column {i} is outside its schema"
-                        ))
-                    })?;
-                    constants.push(datafusion::physical_expr::ConstExpr::new(
-                        Arc::new(datafusion::physical_expr::expressions::Column::new(
-                            field.name(),
-                            *i,
-                        )),
-                        datafusion::physical_expr::AcrossPartitions::Heterogeneous,
-                    ));
-                }
-                eq.add_constants(constants)?;
-                let template = ShuffleReaderExec::new(
-                    h.stage,
-                    h.spec.clone(),
-                    self.shuffle_store(&h.store)?,
-                    hash,
-                    eq,
-                );
+                let store = self.shuffle_store(&h.store)?;
+                let template = reader_template(&node, &h, store, &decode_ctx, converter)?;
                 Ok(match h.inputs {
                     Some(inputs) => {
                         let inputs = Arc::new(inputs.into_iter().map(Arc::new).collect());
@@ -353,6 +332,34 @@ impl PhysicalExtensionCodec for StageCodec {
                     }
                     None => Arc::new(template),
                 })
+            }
+            KIND_LIVE_READER => {
+                let h: LiveReaderHeader = from_json(KIND_LIVE_READER, &node.header)?;
+                let template =
+                    reader_template(&node, &h.reader, live_store(), &decode_ctx, converter)?;
+                let exchange = self
+                    .registries()?
+                    .live
+                    .exchange(&h.live.job, h.live.capacity);
+                Ok(Arc::new(LiveReaderExec::try_new(
+                    &template,
+                    h.reader.spec.clone(),
+                    h.copy,
+                    h.sources,
+                    exchange,
+                )?))
+            }
+            KIND_LIVE_WRITER => {
+                let h: LiveWriterHeader = from_json(KIND_LIVE_WRITER, &node.header)?;
+                let input = input(KIND_LIVE_WRITER)?;
+                let output = writer_output(&node, h.single, &input, &decode_ctx, converter)?;
+                let exchange = self
+                    .registries()?
+                    .live
+                    .exchange(&h.live.job, h.live.capacity);
+                Ok(Arc::new(LiveWriterExec::try_new(
+                    input, output, h.stage, h.task, h.copies, exchange,
+                )?))
             }
             KIND_SINK => {
                 let h: SinkHeader = from_json(KIND_SINK, &node.header)?;
@@ -427,35 +434,34 @@ impl PhysicalExtensionCodec for StageCodec {
             })?;
         } else if let Some(r) = node.downcast_ref::<ShuffleReaderExec>() {
             out.kind = KIND_READER.into();
-            out.schema = Some(r.schema_ref().as_ref().try_into()?);
-            if let Some(hash) = r.hash() {
-                out.exprs = hash
-                    .iter()
-                    .map(|e| converter.physical_expr_to_proto(e, self))
-                    .collect::<Result<_>>()?;
+            let header = encode_reader(r, &mut out, self, converter)?;
+            out.header = json(&header)?;
+        } else if let Some(l) = node.downcast_ref::<LiveReaderExec>() {
+            out.kind = KIND_LIVE_READER.into();
+            let reader = encode_reader(l.template(), &mut out, self, converter)?;
+            out.header = json(&LiveReaderHeader {
+                live: LiveHeader {
+                    job: l.exchange().job().to_string(),
+                    capacity: l.exchange().capacity(),
+                },
+                reader,
+                copy: l.copy(),
+                sources: l.sources().to_vec(),
+            })?;
+        } else if let Some(w) = node.downcast_ref::<LiveWriterExec>() {
+            out.kind = KIND_LIVE_WRITER.into();
+            if let ShuffleOutput::Partitioned(p) = w.output() {
+                out.partitioning = Some(serialize_partitioning(p, self, converter)?);
             }
-            if let Some(ordering) = r.equivalence().output_ordering() {
-                out.ordering =
-                    serialize_physical_sort_exprs(ordering.iter().cloned(), self, converter)?;
-            }
-            out.header = json(&ReaderHeader {
-                stage: r.stage(),
-                store: r.store().url().to_string(),
-                spec: r.spec().clone(),
-                hashed: r.hash().is_some(),
-                inputs: r
-                    .inputs()
-                    .map(|i| i.iter().map(|a| a.as_ref().clone()).collect()),
-                constants: r
-                    .equivalence()
-                    .constants()
-                    .iter()
-                    .filter_map(|c| {
-                        c.expr
-                            .downcast_ref::<datafusion::physical_expr::expressions::Column>()
-                            .map(|col| col.index())
-                    })
-                    .collect(),
+            out.header = json(&LiveWriterHeader {
+                live: LiveHeader {
+                    job: w.exchange().job().to_string(),
+                    capacity: w.exchange().capacity(),
+                },
+                stage: w.stage(),
+                task: w.task(),
+                copies: w.copies(),
+                single: matches!(w.output(), ShuffleOutput::Single),
             })?;
         } else if let Some(s) = node.downcast_ref::<SinkExec>() {
             out.kind = KIND_SINK.into();
@@ -495,6 +501,128 @@ impl PhysicalExtensionCodec for StageCodec {
         out.encode(buf)
             .map_err(|e| DataFusionError::Internal(format!("encode {}: {e}", out.kind)))
     }
+}
+
+/// How a writer node splits its rows.
+fn writer_output(
+    node: &ExtensionNode,
+    single: bool,
+    input: &Arc<dyn ExecutionPlan>,
+    decode_ctx: &PhysicalPlanDecodeContext<'_>,
+    converter: &dyn PhysicalProtoConverterExtension,
+) -> Result<ShuffleOutput> {
+    if single {
+        return Ok(ShuffleOutput::Single);
+    }
+    let p = parse_protobuf_partitioning(
+        node.partitioning.as_ref(),
+        decode_ctx,
+        &input.schema(),
+        converter,
+    )?
+    .ok_or_else(|| DataFusionError::Plan(format!("{} node without partitioning", node.kind)))?;
+    Ok(ShuffleOutput::Partitioned(p))
+}
+
+/// The store live nodes carry: they never read or write one.
+fn live_store() -> ShuffleStore {
+    ShuffleStore::new(
+        Arc::new(object_store::memory::InMemory::new()),
+        "memory://live",
+    )
+}
+
+/// The staged reader a reader node describes (its instance inputs aside).
+fn reader_template(
+    node: &ExtensionNode,
+    h: &ReaderHeader,
+    store: ShuffleStore,
+    decode_ctx: &PhysicalPlanDecodeContext<'_>,
+    converter: &dyn PhysicalProtoConverterExtension,
+) -> Result<ShuffleReaderExec> {
+    let proto = node
+        .schema
+        .as_ref()
+        .ok_or_else(|| DataFusionError::Plan(format!("{} node without a schema", node.kind)))?;
+    let schema = Arc::new(Schema::try_from(proto)?);
+    let hash = if h.hashed {
+        Some(
+            node.exprs
+                .iter()
+                .map(|e| converter.proto_to_physical_expr(e, &schema, decode_ctx))
+                .collect::<Result<Vec<_>>>()?,
+        )
+    } else {
+        None
+    };
+    let ordering = parse_physical_sort_exprs(&node.ordering, decode_ctx, &schema, converter)?;
+    let mut eq = if ordering.is_empty() {
+        EquivalenceProperties::new(Arc::clone(&schema))
+    } else {
+        EquivalenceProperties::new_with_orderings(Arc::clone(&schema), [ordering])
+    };
+    let mut constants = vec![];
+    for i in &h.constants {
+        let field = schema.fields().get(*i).ok_or_else(|| {
+            DataFusionError::Internal(format!(
+                "shuffle reader constant column {i} is outside its schema"
+            ))
+        })?;
+        constants.push(datafusion::physical_expr::ConstExpr::new(
+            Arc::new(datafusion::physical_expr::expressions::Column::new(
+                field.name(),
+                *i,
+            )),
+            datafusion::physical_expr::AcrossPartitions::Heterogeneous,
+        ));
+    }
+    eq.add_constants(constants)?;
+    Ok(ShuffleReaderExec::new(
+        h.stage,
+        h.spec.clone(),
+        store,
+        hash,
+        eq,
+    ))
+}
+
+/// Fills `out` with a reader's schema, hash expressions and ordering, and
+/// returns its header.
+fn encode_reader(
+    r: &ShuffleReaderExec,
+    out: &mut ExtensionNode,
+    codec: &StageCodec,
+    converter: &dyn PhysicalProtoConverterExtension,
+) -> Result<ReaderHeader> {
+    out.schema = Some(r.schema_ref().as_ref().try_into()?);
+    if let Some(hash) = r.hash() {
+        out.exprs = hash
+            .iter()
+            .map(|e| converter.physical_expr_to_proto(e, codec))
+            .collect::<Result<_>>()?;
+    }
+    if let Some(ordering) = r.equivalence().output_ordering() {
+        out.ordering = serialize_physical_sort_exprs(ordering.iter().cloned(), codec, converter)?;
+    }
+    Ok(ReaderHeader {
+        stage: r.stage(),
+        store: r.store().url().to_string(),
+        spec: r.spec().clone(),
+        hashed: r.hash().is_some(),
+        inputs: r
+            .inputs()
+            .map(|i| i.iter().map(|a| a.as_ref().clone()).collect()),
+        constants: r
+            .equivalence()
+            .constants()
+            .iter()
+            .filter_map(|c| {
+                c.expr
+                    .downcast_ref::<datafusion::physical_expr::expressions::Column>()
+                    .map(|col| col.index())
+            })
+            .collect(),
+    })
 }
 
 /// DataFusion's deduplicating converter, plus literal substitution of
@@ -583,6 +711,7 @@ mod tests {
                 runtime,
                 SecretResolver::default(),
             )))),
+            live: LiveRegistry::new(),
         }
     }
 
@@ -652,6 +781,62 @@ mod tests {
 
     /// A plan from another encoding version, or for another shuffle store,
     /// is refused with an error that says what to fix.
+    #[test]
+    fn live_operators_round_trip_into_the_executors_exchange() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = registries(dir.path());
+        let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false)]));
+        let scan: Arc<dyn ExecutionPlan> = Arc::new(EmptyExec::new(Arc::clone(&schema)));
+        let hash = vec![col("k", &schema).unwrap()];
+        let exchange = sluice_shuffle::LiveExchange::new("job-live", 3);
+        let writer: Arc<dyn ExecutionPlan> = Arc::new(
+            LiveWriterExec::try_new(
+                scan,
+                ShuffleOutput::Partitioned(Partitioning::Hash(hash.clone(), 4)),
+                1,
+                0,
+                2,
+                Arc::clone(&exchange),
+            )
+            .unwrap(),
+        );
+        let template = ShuffleReaderExec::new(
+            1,
+            ReadSpec::Partitions(vec![0, 1, 2, 3]),
+            live_store(),
+            Some(hash),
+            EquivalenceProperties::new(Arc::clone(&schema)),
+        );
+        let sources = vec![None, Some("http://127.0.0.1:1".to_string())];
+        let reader: Arc<dyn ExecutionPlan> = Arc::new(
+            LiveReaderExec::try_new(
+                &template,
+                ReadSpec::Partitions(vec![1, 3]),
+                1,
+                sources.clone(),
+                exchange,
+            )
+            .unwrap(),
+        );
+        let ctx = SessionContext::new().task_ctx();
+        for plan in [writer, reader] {
+            let bytes = encode_stage_plan(&plan).unwrap();
+            let decoded = decode_stage_plan(&bytes, &executor_task_context(&ctx), &reg).unwrap();
+            assert_eq!(text(&plan), text(&decoded));
+            assert_eq!(
+                format!("{:?}", plan.output_partitioning()),
+                format!("{:?}", decoded.output_partitioning()),
+            );
+            if let Some(r) = decoded.downcast_ref::<LiveReaderExec>() {
+                assert_eq!(r.sources(), sources.as_slice());
+                assert_eq!(r.copy(), 1);
+            }
+        }
+        // Both decoded nodes share the executor's exchange of the job.
+        assert_eq!(reg.live.jobs(), 1);
+        assert_eq!(reg.live.exchange("job-live", 3).capacity(), 3);
+    }
+
     #[test]
     fn version_and_store_mismatches_are_refused() {
         let dir = tempfile::tempdir().unwrap();

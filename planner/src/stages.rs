@@ -559,6 +559,38 @@ pub struct LiveExchanges<'a> {
     pub copies: &'a HashMap<u32, usize>,
     /// The task the instance is for.
     pub at: Placement,
+    /// Where each (stage, task) of the job runs, by its process's live
+    /// service URL, when the tasks run in several processes; `here` is the
+    /// URL of the process this instance runs in (`None`: the coordinator,
+    /// which runs no map task). Without it every task is in this process.
+    pub placement: Option<&'a LivePlacement>,
+}
+
+/// Where a streaming job's tasks run.
+#[derive(Debug, Clone, Default)]
+pub struct LivePlacement {
+    /// The live service URL of the process running each (stage, task).
+    pub urls: HashMap<(u32, usize), String>,
+}
+
+impl LivePlacement {
+    /// The URL of the process running `task` of `stage`.
+    pub fn url(&self, stage: u32, task: usize) -> Option<&str> {
+        self.urls.get(&(stage, task)).map(String::as_str)
+    }
+}
+
+impl LiveExchanges<'_> {
+    /// Where the map task `task` of `stage` runs, seen from this instance:
+    /// `None` in this process.
+    fn source(&self, stage: u32, task: usize) -> Option<String> {
+        let placement = self.placement?;
+        let here = placement.url(self.at.stage, self.at.task);
+        placement
+            .url(stage, task)
+            .filter(|url| Some(*url) != here)
+            .map(str::to_string)
+    }
 }
 
 impl Exchanges for LiveExchanges<'_> {
@@ -571,11 +603,12 @@ impl Exchanges for LiveExchanges<'_> {
         let upstream = self.tasks.get(&r.stage()).copied().ok_or_else(|| {
             DataFusionError::Internal(format!("stage {} is not in the graph", r.stage()))
         })?;
+        let sources = (0..upstream).map(|t| self.source(r.stage(), t)).collect();
         Ok(Arc::new(LiveReaderExec::try_new(
             r,
             read,
             copy,
-            upstream,
+            sources,
             Arc::clone(self.exchange),
         )?))
     }

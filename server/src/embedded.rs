@@ -130,12 +130,15 @@ impl EmbeddedSession {
         let options = self.session.options();
         match options.runtime_mode.as_str() {
             "batch" => {}
-            // A coordinator runs streaming jobs in its own process: live
-            // exchanges between executors are not built yet.
             "streaming" => {
-                return Ok(Some(StageRuntime::Streaming(
-                    StreamingRuntime::from_options(&options),
-                )));
+                return Ok(Some(StageRuntime::Streaming(match &self.cluster {
+                    Some(cluster) => StreamingRuntime::for_cluster(
+                        &options,
+                        Arc::clone(cluster),
+                        Arc::clone(self.session.connectors().stores()),
+                    ),
+                    None => StreamingRuntime::from_options(&options),
+                })));
             }
             _ => return Ok(None),
         }

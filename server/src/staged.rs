@@ -244,6 +244,7 @@ impl StagedRuntime {
         self.wire = Some(Arc::new(ExecutorRegistries {
             shuffle: self.store.clone(),
             connectors,
+            live: sluice_shuffle::LiveRegistry::new(),
         }));
         self
     }
@@ -744,6 +745,7 @@ impl TaskRunner {
                 .as_ref()
                 .map(|s| s.declarations())
                 .unwrap_or_default(),
+            slot_group: None,
         };
         let (outcome, rows_read) = cluster
             .run(task)
@@ -761,6 +763,7 @@ impl TaskRunner {
                 TaskOutput::Shuffle(Arc::new(index))
             }
             Outcome::Sink { messages } => TaskOutput::Messages(messages),
+            Outcome::Live => TaskOutput::Messages(Vec::new()),
             Outcome::Failed { message, retryable } => {
                 return Err(if retryable {
                     DataFusionError::Execution(message)
@@ -880,6 +883,11 @@ pub(crate) async fn execute_attempt(
                 rows_read,
             })
         }
+        // A streaming map task's rows went to its live channels.
+        OutputKind::Live => Ok(TaskResult {
+            output: TaskOutput::Messages(Vec::new()),
+            rows_read,
+        }),
         OutputKind::Sink => {
             let mut messages = Vec::new();
             for batch in partitions.iter().flatten() {

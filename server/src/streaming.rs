@@ -19,6 +19,15 @@
 //!   Recovery from checkpoints comes with unbounded sources.
 //! - Uncorrelated scalar subqueries run first, as streaming jobs of their
 //!   own, exactly as in staged batch mode.
+//!
+//! On a cluster (a coordinator's session) the tasks run on the executors:
+//! the coordinator reserves the job's slots across executors at once
+//! ([`ClusterScheduler::reserve`]), pins each slot group's tasks to its
+//! executor and sends their plans; a task reads a channel from a map task
+//! on another executor over that executor's live service (Flight
+//! `do_get`), and a query's result stage runs here, reading the same way.
+//! The first failed task fails the job: the other tasks are cancelled with
+//! the executors' next heartbeats, and their channels are dropped.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -36,17 +45,21 @@ use datafusion::physical_plan::{ExecutionPlan, collect_partitioned, execute_stre
 use futures::future::BoxFuture;
 use futures::{Stream, StreamExt};
 use sluice_connectors::CommitMessage;
+use sluice_connectors::StoreRegistry;
 use sluice_connectors::sink::decode_commit_messages;
 use sluice_planner::SluiceOptions;
+use sluice_planner::codec::encode_stage_plan;
 use sluice_planner::stages::{
-    ExchangeMode, LiveExchanges, Placement, StageGraph, StageOptions, StageOutput,
+    ExchangeMode, LiveExchanges, LivePlacement, Placement, StageGraph, StageOptions,
     task_instance_with,
 };
 use sluice_shuffle::{AttemptId, LiveExchange, ShuffleStore, WriterOptions};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::staged::{Fault, resolve_scalar_subqueries, rows_read};
+use crate::cluster::protocol::{Outcome, OutputKind, TaskAssignment, b64};
+use crate::cluster::scheduler::{ClusterScheduler, ReservedSlot};
+use crate::staged::{Fault, datafusion_settings, resolve_scalar_subqueries, rows_read};
 
 /// Counters of streaming jobs in this process, for `/metrics`.
 #[derive(Debug)]
@@ -128,9 +141,38 @@ pub struct StreamingRuntime {
     pool: Arc<Semaphore>,
     buffer: usize,
     admission_timeout: Duration,
+    /// Run the tasks on a cluster's executors instead of in this process.
+    cluster: Option<ClusterTarget>,
+}
+
+/// A coordinator's cluster, and the object stores its tasks may read.
+#[derive(Debug, Clone)]
+struct ClusterTarget {
+    scheduler: Arc<ClusterScheduler>,
+    stores: Arc<StoreRegistry>,
 }
 
 impl StreamingRuntime {
+    /// The runtime of a coordinator: tasks run on `cluster`'s executors,
+    /// stages are cut for the slots they offer now.
+    pub fn for_cluster(
+        options: &SluiceOptions,
+        cluster: Arc<ClusterScheduler>,
+        stores: Arc<StoreRegistry>,
+    ) -> Self {
+        let slots = cluster.total_slots().max(1);
+        Self {
+            slots,
+            pool: Arc::new(Semaphore::new(0)),
+            buffer: options.streaming_buffer.max(1),
+            admission_timeout: Duration::from_secs(options.admission_timeout_secs),
+            cluster: Some(ClusterTarget {
+                scheduler: cluster,
+                stores,
+            }),
+        }
+    }
+
     /// The runtime the session's settings describe.
     pub fn from_options(options: &SluiceOptions) -> Self {
         let slots = options.slots();
@@ -139,6 +181,7 @@ impl StreamingRuntime {
             pool: pool(slots),
             buffer: options.streaming_buffer.max(1),
             admission_timeout: Duration::from_secs(options.admission_timeout_secs),
+            cluster: None,
         }
     }
 
@@ -225,6 +268,9 @@ impl StreamingRuntime {
                     .await?;
             let graph = self.stage_graph(plan, true)?;
             let job = uuid::Uuid::now_v7().to_string();
+            if let Some(target) = &self.cluster {
+                return self.run_query_on(target, job, &graph, ctx).await;
+            }
             let permit = self.admit(&job, &graph).await?;
             let deployment = Deployment::start(&job, &graph, &ctx, self.buffer, false)?;
             let result = deployment
@@ -240,7 +286,7 @@ impl StreamingRuntime {
                 schema: stream.schema(),
                 inner: stream,
                 _supervisor: supervisor,
-                _permit: permit,
+                _slots: Slots::Local(permit),
             }) as SendableRecordBatchStream)
         })
     }
@@ -256,6 +302,17 @@ impl StreamingRuntime {
             resolve_scalar_subqueries(plan, Arc::clone(&ctx), &|p, c| self.run_query(p, c)).await?;
         let graph = self.stage_graph(plan, false)?;
         let job = uuid::Uuid::now_v7().to_string();
+        if let Some(target) = &self.cluster {
+            let (remote, tasks, _) = self.deploy_on(target, &job, &graph, &ctx, true).await?;
+            let outcomes = remote.supervise(tasks).await?;
+            let mut messages = Vec::new();
+            let mut rows = 0u64;
+            for outcome in outcomes {
+                messages.extend(outcome.messages);
+                rows = rows.saturating_add(outcome.rows_read);
+            }
+            return Ok((messages, rows));
+        }
         let _permit = self.admit(&job, &graph).await?;
         let deployment = Deployment::start(&job, &graph, &ctx, self.buffer, true)?;
         let outcomes = deployment.supervise().await?;
@@ -266,6 +323,185 @@ impl StreamingRuntime {
             rows = rows.saturating_add(outcome.rows_read);
         }
         Ok((messages, rows))
+    }
+}
+
+impl StreamingRuntime {
+    /// Reserves the job's slots on the cluster, then sends every task
+    /// (the result stage's too with `include_result`) to the executor of
+    /// its slot group. Returns the job, its running tasks and, for a
+    /// query, the result stage's instance to run here.
+    async fn deploy_on(
+        &self,
+        target: &ClusterTarget,
+        job: &str,
+        graph: &StageGraph,
+        ctx: &Arc<TaskContext>,
+        include_result: bool,
+    ) -> Result<(Arc<RemoteJob>, RemoteTasks, Option<Arc<dyn ExecutionPlan>>)> {
+        let needed = graph.slots_needed();
+        let slots: Vec<ReservedSlot> = target
+            .scheduler
+            .reserve(job, needed, self.admission_timeout)
+            .await
+            .map_err(DataFusionError::ResourcesExhausted)?;
+        let remote = Arc::new(RemoteJob {
+            scheduler: Arc::clone(&target.scheduler),
+            job: job.to_string(),
+        });
+        let result_id = graph.result_stage().id;
+        let on_executors = |id: u32| include_result || id != result_id;
+        let mut placement = LivePlacement::default();
+        for stage in graph.stages.iter().filter(|s| on_executors(s.id)) {
+            // Slot group `t` holds task `t` of every stage.
+            for (task, slot) in slots.iter().enumerate().take(stage.tasks) {
+                placement.urls.insert((stage.id, task), slot.live.clone());
+            }
+        }
+        // Carries the job and channel size into the encoded plans; the
+        // result instance reads every channel from the executors.
+        let exchange = LiveExchange::new(job, self.buffer);
+        let tasks = graph.task_counts();
+        let copies = graph.live_copies();
+        let config = datafusion_settings(ctx);
+        let stores = target.stores.declarations();
+        let running = futures::stream::FuturesUnordered::new();
+        let mut result = None;
+        for stage in &graph.stages {
+            for (task, slot) in slots.iter().enumerate().take(stage.tasks) {
+                let at = Placement {
+                    stage: stage.id,
+                    task,
+                    tasks: stage.tasks,
+                };
+                let exchanges = LiveExchanges {
+                    exchange: &exchange,
+                    tasks: &tasks,
+                    copies: &copies,
+                    at,
+                    placement: Some(&placement),
+                };
+                let instance = task_instance_with(&stage.plan, &at, &exchanges)?;
+                if !on_executors(stage.id) {
+                    result = Some(instance);
+                    continue;
+                }
+                let assignment = TaskAssignment {
+                    attempt: AttemptId {
+                        job: job.to_string(),
+                        stage: stage.id,
+                        task: task as u32,
+                        attempt: 0,
+                    },
+                    output: if stage.id == result_id {
+                        OutputKind::Sink
+                    } else {
+                        OutputKind::Live
+                    },
+                    plan: b64(&encode_stage_plan(&instance)?),
+                    config: config.clone(),
+                    stores: stores.clone(),
+                    slot_group: Some(format!("{job}/{task}")),
+                };
+                let scheduler = Arc::clone(&target.scheduler);
+                let executor = slot.executor.clone();
+                let stage_id = stage.id;
+                running.push(Box::pin(async move {
+                    let r = scheduler.run_on(&executor, assignment).await;
+                    (stage_id, task, executor, r)
+                }) as RemoteTask);
+            }
+        }
+        COUNTERS.jobs.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(%job, stages = graph.stages.len(), tasks = running.len(), slots = needed, "streaming job started on the cluster");
+        Ok((remote, running, result))
+    }
+
+    /// Runs a query on the cluster: the result stage here, every other
+    /// task on the executors.
+    async fn run_query_on(
+        &self,
+        target: &ClusterTarget,
+        job: String,
+        graph: &StageGraph,
+        ctx: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let (remote, tasks, result) = self.deploy_on(target, &job, graph, &ctx, false).await?;
+        let result = result.expect("a query deployment has a result instance");
+        let stream = execute_stream(result, ctx)?;
+        let supervised = Arc::clone(&remote);
+        let supervisor = SpawnedTask::spawn(async move {
+            // Failures reach the result through its readers.
+            let _ = supervised.supervise(tasks).await;
+        });
+        Ok(Box::pin(LiveJobStream {
+            schema: stream.schema(),
+            inner: stream,
+            _supervisor: supervisor,
+            _slots: Slots::Cluster(remote),
+        }))
+    }
+}
+
+/// A task running on an executor: its stage, task, executor and outcome.
+type RemoteTask = Pin<
+    Box<
+        dyn std::future::Future<
+                Output = (u32, usize, String, crate::cluster::scheduler::AttemptResult),
+            > + Send,
+    >,
+>;
+
+type RemoteTasks = futures::stream::FuturesUnordered<RemoteTask>;
+
+/// A streaming job on the cluster: holds its reserved slots until dropped.
+#[derive(Debug)]
+struct RemoteJob {
+    scheduler: Arc<ClusterScheduler>,
+    job: String,
+}
+
+impl RemoteJob {
+    /// Waits for every task; the first failure cancels the others (their
+    /// outcomes are no longer awaited, so the executors' next heartbeats
+    /// cancel them) and ends the job's channels.
+    async fn supervise(&self, mut tasks: RemoteTasks) -> Result<Vec<TaskOutcome>> {
+        let mut outcomes = Vec::new();
+        while let Some((stage, task, executor, result)) = tasks.next().await {
+            let message = match result {
+                Ok((Outcome::Failed { message, .. }, _)) => message,
+                Err(message) => message,
+                Ok((Outcome::Sink { messages }, rows_read)) => {
+                    outcomes.push(TaskOutcome {
+                        messages,
+                        rows_read,
+                    });
+                    continue;
+                }
+                Ok((_, rows_read)) => {
+                    outcomes.push(TaskOutcome {
+                        messages: Vec::new(),
+                        rows_read,
+                    });
+                    continue;
+                }
+            };
+            drop(tasks);
+            self.scheduler.release(&self.job);
+            COUNTERS.failed.fetch_add(1, Ordering::Relaxed);
+            let e = DataFusionError::Execution(format!(
+                "stage {stage} task {task} failed on executor {executor}: {message}"
+            ));
+            tracing::warn!(job = %self.job, error = %e, "streaming job failed; its tasks were cancelled");
+            return Err(e);
+        }
+        Ok(outcomes)
+    }
+}
+
+impl Drop for RemoteJob {
+    fn drop(&mut self) {
+        self.scheduler.release(&self.job);
     }
 }
 
@@ -297,12 +533,6 @@ impl Deployment {
         let exchange = LiveExchange::new(job, buffer);
         let tasks = graph.task_counts();
         let copies = graph.live_copies();
-        for stage in &graph.stages {
-            if let StageOutput::Shuffle(output) = &stage.output {
-                let n = copies.get(&stage.id).copied().unwrap_or(1);
-                exchange.open(stage.id, stage.tasks, output.partition_count(), n);
-            }
-        }
         let fault = Fault::from_env();
         let result_id = graph.result_stage().id;
         let mut instances = Vec::new();
@@ -319,6 +549,7 @@ impl Deployment {
                     tasks: &tasks,
                     copies: &copies,
                     at,
+                    placement: None,
                 };
                 let mut instance = task_instance_with(&stage.plan, &at, &exchanges)?;
                 let id = AttemptId {
@@ -424,12 +655,29 @@ async fn run_task(
     })
 }
 
+/// The task slots a running job holds, released when dropped.
+enum Slots {
+    /// Of this process's pool.
+    Local(OwnedSemaphorePermit),
+    /// Reserved on the cluster.
+    Cluster(Arc<RemoteJob>),
+}
+
+impl std::fmt::Debug for Slots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Local(p) => write!(f, "{} local slots", p.num_permits()),
+            Self::Cluster(j) => write!(f, "cluster slots of job {}", j.job),
+        }
+    }
+}
+
 /// A query's result stream; the job's tasks and slots live as long as it.
 struct LiveJobStream {
     schema: SchemaRef,
     inner: SendableRecordBatchStream,
     _supervisor: SpawnedTask<()>,
-    _permit: OwnedSemaphorePermit,
+    _slots: Slots,
 }
 
 impl Stream for LiveJobStream {

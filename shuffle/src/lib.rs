@@ -12,7 +12,9 @@
 //! - [`ShuffleService`] / [`ShuffleClient`]: the Flight shuffle service
 //!   (`do_put`, `do_get`, job actions) a shuffle worker serves.
 //! - [`LiveExchange`], [`LiveWriterExec`], [`LiveReaderExec`]: streaming
-//!   mode's exchanges, bounded channels from map tasks to consumer tasks.
+//!   mode's exchanges, bounded channels from map tasks to consumer tasks;
+//!   [`LiveService`] serves them over Flight to consumers in other
+//!   processes.
 //! - [`MemoryBudget`]: bytes buffered by a worker, with back-pressure.
 //! - [`shuffle_metrics`]: process-wide counters for `/metrics`.
 
@@ -22,6 +24,7 @@ mod data;
 mod error;
 pub mod format;
 mod live;
+pub mod live_flight;
 mod local;
 mod metrics;
 mod reader;
@@ -33,7 +36,8 @@ pub use budget::{BudgetPermit, MemoryBudget};
 pub use client::ShuffleClient;
 pub use error::{Result, ShuffleError};
 pub use format::{AttemptIndex, ShuffleCompression};
-pub use live::{Frame, LiveExchange, LiveReaderExec, LiveWriterExec};
+pub use live::{ChannelKey, Frame, LiveExchange, LiveReaderExec, LiveRegistry, LiveWriterExec};
+pub use live_flight::LiveService;
 pub use metrics::{ShuffleMetrics, shuffle_metrics};
 pub use reader::{ReadSpec, ShuffleReaderExec};
 pub use service::ShuffleService;

@@ -38,6 +38,12 @@ pub struct ShuffleMetrics {
     /// Attempts written to the store directly because their shuffle worker
     /// could not be reached.
     pub worker_fallbacks: AtomicU64,
+    /// Batches this process's live service sent to other processes.
+    pub live_batches_served: AtomicU64,
+    /// Rows it sent.
+    pub live_rows_served: AtomicU64,
+    /// Live channels it serves now (gauge).
+    pub live_channels_open: AtomicU64,
 }
 
 static METRICS: ShuffleMetrics = ShuffleMetrics {
@@ -54,6 +60,9 @@ static METRICS: ShuffleMetrics = ShuffleMetrics {
     store_requests: AtomicU64::new(0),
     store_latency_micros: AtomicU64::new(0),
     worker_fallbacks: AtomicU64::new(0),
+    live_batches_served: AtomicU64::new(0),
+    live_rows_served: AtomicU64::new(0),
+    live_channels_open: AtomicU64::new(0),
 };
 
 /// The process's shuffle metrics.
@@ -87,7 +96,7 @@ impl ShuffleMetrics {
             let _ = writeln!(out, "# TYPE {name} {kind}");
             let _ = writeln!(out, "{name} {value}");
         };
-        let rows: [(&str, &str, &str, &AtomicU64); 12] = [
+        let rows: [(&str, &str, &str, &AtomicU64); 15] = [
             (
                 "sluice_shuffle_batches_in_total",
                 "Batches received by shuffle writers.",
@@ -159,6 +168,24 @@ impl ShuffleMetrics {
                 "Attempts written to the store directly: their shuffle worker was unreachable.",
                 "counter",
                 &self.worker_fallbacks,
+            ),
+            (
+                "sluice_live_batches_served_total",
+                "Batches of streaming jobs' live channels sent to other processes.",
+                "counter",
+                &self.live_batches_served,
+            ),
+            (
+                "sluice_live_rows_served_total",
+                "Rows of live channels sent to other processes.",
+                "counter",
+                &self.live_rows_served,
+            ),
+            (
+                "sluice_live_channels_open",
+                "Live channels read by other processes now.",
+                "gauge",
+                &self.live_channels_open,
             ),
         ];
         for (name, help, kind, v) in rows {

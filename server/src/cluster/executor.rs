@@ -25,14 +25,14 @@ use datafusion::prelude::SessionConfig;
 use futures::FutureExt;
 use sluice_connectors::{ConnectorFactory, SecretResolver, StoreRegistry};
 use sluice_planner::codec::{ExecutorRegistries, decode_stage_plan};
-use sluice_shuffle::AttemptId;
+use sluice_shuffle::{AttemptId, LiveRegistry, LiveService};
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 
 use super::protocol::{
     ACTION_HEARTBEAT, ACTION_LEAVE, ACTION_REGISTER, ACTION_REPORT, CLUSTER_PROTOCOL_VERSION,
-    CoordinatorClient, Heartbeat, HeartbeatReply, Leave, Outcome, Register, Registered, Report,
-    TaskAssignment, b64, unb64,
+    CoordinatorClient, Heartbeat, HeartbeatReply, Leave, Outcome, OutputKind, Register, Registered,
+    Report, TaskAssignment, b64, unb64,
 };
 use crate::staged::{StagedCounters, TaskOutput, execute_attempt, is_retryable};
 
@@ -77,6 +77,18 @@ pub struct ExecutorArgs {
     #[arg(long, default_value_t = 60, env = "SLUICE_DRAIN_TIMEOUT_SECS")]
     pub drain_timeout_secs: u64,
 
+    /// Address of the Flight endpoint serving this executor's live
+    /// channels to other processes (streaming mode); port 0 picks a free
+    /// port.
+    #[arg(long, default_value = "127.0.0.1:0", env = "SLUICE_LIVE_BIND")]
+    pub live_bind: String,
+
+    /// The URL other processes reach the live endpoint at (default: the
+    /// bound address), e.g. http://executor-1:50070 behind a container
+    /// network.
+    #[arg(long, value_name = "URL", env = "SLUICE_LIVE_URL")]
+    pub live_url: Option<String>,
+
     /// Keep trying to reach the coordinator at start-up for this many
     /// seconds.
     #[arg(long, default_value_t = 60, env = "SLUICE_CONNECT_TIMEOUT_SECS")]
@@ -107,7 +119,8 @@ struct ExecutorCounters {
 struct Shared {
     id: String,
     slots: u32,
-    running: Mutex<HashMap<AttemptId, AbortHandle>>,
+    /// Running attempts, with the slot group of streaming tasks.
+    running: Mutex<HashMap<AttemptId, (AbortHandle, Option<String>)>>,
     /// A task ended or the executor started draining.
     changed: Notify,
     draining: AtomicBool,
@@ -124,9 +137,28 @@ impl Shared {
             .collect()
     }
 
+    /// Slots in use: one per task, except that the tasks of one streaming
+    /// slot group share one.
+    fn used_slots(&self) -> u32 {
+        let running = self.running.lock().expect("running lock");
+        let mut groups = std::collections::HashSet::new();
+        let mut used = 0;
+        for (_, group) in running.values() {
+            match group {
+                None => used += 1,
+                Some(g) => {
+                    if groups.insert(g.clone()) {
+                        used += 1;
+                    }
+                }
+            }
+        }
+        used
+    }
+
     fn abort(&self, id: &AttemptId) -> bool {
         match self.running.lock().expect("running lock").remove(id) {
-            Some(handle) => {
+            Some((handle, _)) => {
                 handle.abort();
                 true
             }
@@ -163,6 +195,7 @@ async fn register(
     client: &CoordinatorClient,
     shared: &Shared,
     http: &str,
+    live: &str,
 ) -> Result<Registered, String> {
     client
         .call::<_, Registered>(
@@ -172,6 +205,7 @@ async fn register(
                 executor_id: shared.id.clone(),
                 slots: shared.slots,
                 http: Some(http.to_string()),
+                live: Some(live.to_string()),
             },
         )
         .await
@@ -191,6 +225,25 @@ async fn run_inner(args: ExecutorArgs) -> Result<(), String> {
         None => std::thread::available_parallelism().map_or(2, |n| n.get() as u32),
     };
     let (listener, http_addr) = crate::http::bind("--bind", &args.bind).await?;
+    let live = LiveRegistry::new();
+    let (live_listener, live_addr) = crate::http::bind("--live-bind", &args.live_bind).await?;
+    let live_url = args
+        .live_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{live_addr}"));
+    {
+        let service = LiveService::new(Arc::clone(&live)).into_server();
+        let incoming = crate::http::grpc_incoming(live_listener);
+        tokio::spawn(async move {
+            if let Err(e) = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(incoming)
+                .await
+            {
+                tracing::error!(error = %e, "the live endpoint stopped");
+            }
+        });
+    }
     let shared = Arc::new(Shared {
         id: format!("executor-{}", uuid::Uuid::now_v7().simple()),
         slots,
@@ -201,7 +254,7 @@ async fn run_inner(args: ExecutorArgs) -> Result<(), String> {
     });
 
     let client = connect(&args).await?;
-    let registered = register(&client, &shared, &http_addr.to_string()).await?;
+    let registered = register(&client, &shared, &http_addr.to_string(), &live_url).await?;
     let location = args
         .shuffle_store
         .clone()
@@ -224,6 +277,7 @@ async fn run_inner(args: ExecutorArgs) -> Result<(), String> {
         registries: ExecutorRegistries {
             shuffle: store,
             connectors: Arc::new(ConnectorFactory::new(stores)),
+            live: Arc::clone(&live),
         },
         runtime,
     };
@@ -246,7 +300,7 @@ async fn run_inner(args: ExecutorArgs) -> Result<(), String> {
     if let Some(path) = &args.listen_file {
         crate::http::write_listen_file(path, &format!("{http_addr}\n"))?;
     }
-    tracing::info!(executor = %shared.id, coordinator = %args.coordinator, slots, http = %http_addr, shuffle = %location, "executor registered");
+    tracing::info!(executor = %shared.id, coordinator = %args.coordinator, slots, http = %http_addr, live = %live_url, shuffle = %location, "executor registered");
 
     {
         let shared = Arc::clone(&shared);
@@ -278,7 +332,7 @@ async fn run_inner(args: ExecutorArgs) -> Result<(), String> {
         let free = if draining {
             0
         } else {
-            slots.saturating_sub(running.len() as u32)
+            slots.saturating_sub(shared.used_slots())
         };
         let hb = Heartbeat {
             protocol_version: CLUSTER_PROTOCOL_VERSION,
@@ -306,11 +360,14 @@ async fn run_inner(args: ExecutorArgs) -> Result<(), String> {
                 shared.abort(id);
             }
             tracing::warn!(executor = %shared.id, aborted = ids.len(), "the coordinator no longer knows this executor; registering again");
-            if let Err(e) = register(&client, &shared, &http_addr.to_string()).await {
+            if let Err(e) = register(&client, &shared, &http_addr.to_string(), &live_url).await {
                 tracing::warn!("{e}");
                 wait_for_change(&shared, heartbeat, drain_deadline).await;
             }
             continue;
+        }
+        for job in &reply.ended_live_jobs {
+            env.registries.live.end(job);
         }
         for id in &reply.cancel {
             if shared.abort(id) {
@@ -325,7 +382,7 @@ async fn run_inner(args: ExecutorArgs) -> Result<(), String> {
         for task in reply.tasks {
             start_task(&env, &shared, task);
         }
-        let full = shared.running_ids().len() as u32 >= slots;
+        let full = shared.used_slots() >= slots;
         // An idle heartbeat waited at the coordinator already; a full or
         // draining executor waits here for a task to end.
         if full || shared.draining.load(Ordering::Relaxed) || (got == 0 && free == 0) {
@@ -396,6 +453,7 @@ fn start_task(env: &TaskEnv, shared: &Arc<Shared>, task: TaskAssignment) {
         .tasks_received
         .fetch_add(1, Ordering::Relaxed);
     let id = task.attempt.clone();
+    let group = task.slot_group.clone();
     let env2 = env.clone();
     let shared2 = Arc::clone(shared);
     // The map is locked while the task is spawned, so the task's own
@@ -440,7 +498,7 @@ fn start_task(env: &TaskEnv, shared: &Arc<Shared>, task: TaskAssignment) {
         shared2.running.lock().expect("running lock").remove(&id);
         shared2.changed.notify_one();
     });
-    running.insert(id, handle.abort_handle());
+    running.insert(id, (handle.abort_handle(), group));
 }
 
 /// Decrements the running gauge however the task ends (aborts included).
@@ -520,6 +578,7 @@ async fn run_task(env: &TaskEnv, task: &TaskAssignment) -> Result<(Outcome, u64)
         TaskOutput::Shuffle(index) => Outcome::Shuffle {
             index: b64(&index.encode()),
         },
+        TaskOutput::Messages(_) if task.output == OutputKind::Live => Outcome::Live,
         TaskOutput::Messages(messages) => Outcome::Sink { messages },
     };
     Ok((outcome, result.rows_read))

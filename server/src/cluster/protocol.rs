@@ -11,6 +11,13 @@
 //! - `cluster.leave`: a draining executor has handed back or finished
 //!   everything and goes away.
 //!
+//! Streaming jobs run as gangs: the coordinator reserves slots for all of a
+//! job's tasks on chosen executors, pins each task to its executor, and
+//! names the job in `ended_live_jobs` when it ends so executors drop its
+//! channels. Their tasks exchange rows over each executor's live service
+//! ([`sluice_shuffle::LiveService`]), whose address `cluster.register`
+//! announces.
+//!
 //! Plans travel as [`sluice_planner::codec`] bytes, which carry their own
 //! version; shuffle indexes in the shuffle format, which carries its own.
 
@@ -25,7 +32,7 @@ use sluice_shuffle::AttemptId;
 use tonic::transport::Channel;
 
 /// Version of the executor protocol. Coordinator and executors must agree.
-pub(crate) const CLUSTER_PROTOCOL_VERSION: u32 = 1;
+pub(crate) const CLUSTER_PROTOCOL_VERSION: u32 = 2;
 
 pub(crate) const ACTION_REGISTER: &str = "cluster.register";
 pub(crate) const ACTION_HEARTBEAT: &str = "cluster.heartbeat";
@@ -43,6 +50,10 @@ pub(crate) struct Register {
     pub slots: u32,
     /// Where the executor serves `/healthz` and `/metrics`.
     pub http: Option<String>,
+    /// Where the executor serves its live channels to other processes
+    /// (streaming mode), as they reach it.
+    #[serde(default)]
+    pub live: Option<String>,
 }
 
 /// Answer to `cluster.register`.
@@ -82,6 +93,9 @@ pub(crate) struct HeartbeatReply {
     /// The coordinator does not know this executor (it restarted, or
     /// declared the executor lost): stop every attempt and register again.
     pub unknown_executor: bool,
+    /// Streaming jobs that ended: drop their channels.
+    #[serde(default)]
+    pub ended_live_jobs: Vec<String>,
 }
 
 /// What a task's root writes.
@@ -91,6 +105,8 @@ pub(crate) enum OutputKind {
     Shuffle,
     /// A sink stage: the rows are commit messages.
     Sink,
+    /// A map task of a streaming job: it sends its rows on live channels.
+    Live,
 }
 
 /// One task attempt to run.
@@ -106,6 +122,11 @@ pub(crate) struct TaskAssignment {
     /// and registers them (resolving secrets itself) before decoding.
     #[serde(default)]
     pub stores: Vec<StoreDeclaration>,
+    /// The task slot this task shares with the other tasks of its
+    /// streaming job's slot group (one task of each stage, as Flink's slot
+    /// sharing); `None`: the task takes a slot of its own.
+    #[serde(default)]
+    pub slot_group: Option<String>,
 }
 
 /// `cluster.report`.
@@ -127,6 +148,8 @@ pub(crate) enum Outcome {
     Shuffle { index: String },
     /// A sink task's commit messages.
     Sink { messages: Vec<CommitMessage> },
+    /// A streaming map task sent all its rows.
+    Live,
     /// The attempt failed.
     Failed {
         message: String,

@@ -10,6 +10,11 @@
 //!   of the queued and running attempts, less what it already runs.
 //! - Attempts whose job stopped waiting (the job failed or was cancelled)
 //!   are cancelled on the executor's next heartbeat.
+//! - Streaming jobs are gangs ([`ClusterScheduler::reserve`]): all their
+//!   slots are reserved at once on executors with a live service, or the
+//!   job waits (or fails with the numbers); a reserved slot holds one task
+//!   of each stage, and each task is pinned to its executor. Slots a job
+//!   reserved are taken from what queued tasks may use until it ends.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::pin::Pin;
@@ -59,6 +64,8 @@ struct Queued {
 struct Running {
     executor: String,
     reply: oneshot::Sender<AttemptResult>,
+    /// A streaming task, in a slot its job reserved.
+    reserved: bool,
 }
 
 struct ExecutorEntry {
@@ -66,6 +73,7 @@ struct ExecutorEntry {
     last_seen: Instant,
     draining: bool,
     http: Option<String>,
+    live: Option<String>,
 }
 
 #[derive(Default)]
@@ -73,6 +81,42 @@ struct State {
     executors: BTreeMap<String, ExecutorEntry>,
     queue: VecDeque<Queued>,
     running: HashMap<AttemptId, Running>,
+    /// Streaming jobs' reserved slots: the executor of each slot.
+    reserved: HashMap<String, Vec<String>>,
+    /// Streaming tasks waiting for their executor's next heartbeat.
+    pinned: HashMap<String, VecDeque<Queued>>,
+    /// Streaming jobs that ended, and when.
+    ended_live: VecDeque<(String, Instant)>,
+}
+
+impl State {
+    /// Slots of `executor` neither running a queued task nor reserved.
+    fn free_slots(&self, executor: &str) -> usize {
+        let Some(e) = self.executors.get(executor) else {
+            return 0;
+        };
+        let running = self
+            .running
+            .values()
+            .filter(|r| r.executor == executor && !r.reserved)
+            .count();
+        let reserved = self
+            .reserved
+            .values()
+            .flatten()
+            .filter(|x| *x == executor)
+            .count();
+        (e.slots as usize).saturating_sub(running + reserved)
+    }
+}
+
+/// One reserved slot of a streaming job.
+#[derive(Debug, Clone)]
+pub(crate) struct ReservedSlot {
+    /// The executor holding it.
+    pub executor: String,
+    /// That executor's live service.
+    pub live: String,
 }
 
 /// Counters of the scheduler, for `/metrics`.
@@ -165,6 +209,110 @@ impl ClusterScheduler {
         self.liveness.job_lease
     }
 
+    /// Reserves `slots` task slots for streaming job `job`, all at once,
+    /// on executors that serve live channels, spreading them over the
+    /// executors with the most free slots. Waits up to `timeout` while
+    /// they are taken (the job is queued); fails at once when the cluster
+    /// has fewer. Release with [`Self::release`].
+    pub(crate) async fn reserve(
+        &self,
+        job: &str,
+        slots: usize,
+        timeout: Duration,
+    ) -> Result<Vec<ReservedSlot>, String> {
+        let deadline = Instant::now() + timeout;
+        let mut logged = false;
+        loop {
+            {
+                let mut state = self.state.lock().expect("scheduler lock");
+                let eligible: Vec<(String, u32, String)> = state
+                    .executors
+                    .iter()
+                    .filter(|(_, e)| !e.draining)
+                    .filter_map(|(id, e)| Some((id.clone(), e.slots, e.live.clone()?)))
+                    .collect();
+                let total: usize = eligible.iter().map(|(_, s, _)| *s as usize).sum();
+                if total < slots {
+                    return Err(format!(
+                        "streaming job {job} needs {slots} task slots at once, and the \
+                         cluster's executors offer {total} ({} executors{}); start more \
+                         executors or give them more --slots, or lower \
+                         'datafusion.execution.target_partitions'",
+                        eligible.len(),
+                        if eligible.len() < state.executors.len() {
+                            ", not counting draining ones"
+                        } else {
+                            ""
+                        }
+                    ));
+                }
+                let mut free: Vec<(String, usize, String)> = eligible
+                    .into_iter()
+                    .map(|(id, _, live)| {
+                        let f = state.free_slots(&id);
+                        (id, f, live)
+                    })
+                    .collect();
+                let available: usize = free.iter().map(|(_, f, _)| *f).sum();
+                if available >= slots {
+                    let mut placed = Vec::with_capacity(slots);
+                    for _ in 0..slots {
+                        let best = free
+                            .iter_mut()
+                            .max_by_key(|(_, f, _)| *f)
+                            .expect("enough free slots");
+                        best.1 -= 1;
+                        placed.push(ReservedSlot {
+                            executor: best.0.clone(),
+                            live: best.2.clone(),
+                        });
+                    }
+                    state.reserved.insert(
+                        job.to_string(),
+                        placed.iter().map(|p| p.executor.clone()).collect(),
+                    );
+                    if logged {
+                        tracing::info!(%job, slots, "streaming job admitted");
+                    }
+                    return Ok(placed);
+                }
+                if Instant::now() >= deadline {
+                    return Err(format!(
+                        "streaming job {job} waited {} s for {slots} task slots; {available} \
+                         of the cluster's {total} slots are free, the rest run other jobs. \
+                         Run it later, add executors, or wait longer with \
+                         'sluice.admission_timeout_secs'",
+                        timeout.as_secs()
+                    ));
+                }
+                if !logged {
+                    logged = true;
+                    tracing::info!(%job, needed = slots, free = available, total, timeout_s = timeout.as_secs(), "streaming job queued: waiting for task slots");
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Frees the slots of streaming job `job` and tells executors, with
+    /// their next heartbeats, to drop its channels.
+    pub(crate) fn release(&self, job: &str) {
+        let mut state = self.state.lock().expect("scheduler lock");
+        state.reserved.remove(job);
+        if !state.ended_live.iter().any(|(j, _)| j == job) {
+            state
+                .ended_live
+                .push_back((job.to_string(), Instant::now()));
+        }
+        self.queued.notify_waiters();
+    }
+
+    /// Runs one task of a streaming job on `executor`, in a slot the job
+    /// reserved, and waits for its outcome.
+    pub(crate) async fn run_on(&self, executor: &str, task: TaskAssignment) -> AttemptResult {
+        self.submit(Some(executor), task).await
+    }
+
     /// Slots of live executors that take tasks.
     pub fn total_slots(&self) -> usize {
         let state = self.state.lock().expect("scheduler lock");
@@ -180,14 +328,32 @@ impl ClusterScheduler {
     /// error is the attempt's failure (or the loss of its executor): the
     /// caller may retry the task as a new attempt.
     pub(crate) async fn run(&self, task: TaskAssignment) -> AttemptResult {
+        self.submit(None, task).await
+    }
+
+    /// Queues `task` for any executor, or for `executor` alone.
+    async fn submit(&self, executor: Option<&str>, task: TaskAssignment) -> AttemptResult {
         let (tx, rx) = oneshot::channel();
         {
             let mut state = self.state.lock().expect("scheduler lock");
-            state.queue.push_back(Queued {
+            let queued = Queued {
                 task,
                 reply: tx,
                 since: Instant::now(),
-            });
+            };
+            match executor {
+                None => state.queue.push_back(queued),
+                Some(e) if state.executors.contains_key(e) => state
+                    .pinned
+                    .entry(e.to_string())
+                    .or_default()
+                    .push_back(queued),
+                Some(e) => {
+                    return Err(format!(
+                        "executor {e} left before its streaming task started"
+                    ));
+                }
+            }
         }
         self.queued.notify_waiters();
         rx.await
@@ -207,6 +373,7 @@ impl ClusterScheduler {
                 last_seen: Instant::now(),
                 draining: false,
                 http: r.http.clone(),
+                live: r.live.clone(),
             },
         );
         self.counters.registered.fetch_add(1, Ordering::Relaxed);
@@ -235,6 +402,15 @@ impl ClusterScheduler {
         };
         entry.last_seen = Instant::now();
         entry.draining = hb.draining;
+        let keep = (self.liveness.lost_after * 3).max(Duration::from_secs(10));
+        while state
+            .ended_live
+            .front()
+            .is_some_and(|(_, at)| at.elapsed() > keep)
+        {
+            state.ended_live.pop_front();
+        }
+        reply.ended_live_jobs = state.ended_live.iter().map(|(j, _)| j.clone()).collect();
         // An attempt given to this executor that it no longer lists has
         // ended; its report arrives before the executor forgets it, so a
         // missing report was lost: fail the attempt rather than wait.
@@ -269,6 +445,16 @@ impl ClusterScheduler {
                 reply.cancel.push(id.clone());
             }
         }
+        // Streaming tasks go to the executor their job reserved slots on,
+        // whatever its free slots.
+        let pinned: Vec<Queued> = state
+            .pinned
+            .get_mut(&hb.executor_id)
+            .map(|q| q.drain(..).collect())
+            .unwrap_or_default();
+        for q in pinned.into_iter().filter(|q| !q.reply.is_closed()) {
+            self.assign(&mut state, &hb.executor_id, q, true, &mut reply);
+        }
         if hb.draining || hb.free_slots == 0 {
             return reply;
         }
@@ -279,23 +465,37 @@ impl ClusterScheduler {
         let mine = hb.running.len();
         let fair = (state.queue.len() + state.running.len()).div_ceil(live.max(1));
         let share = fair.saturating_sub(mine).max(1);
-        let take = (hb.free_slots as usize).min(share);
+        let take = (hb.free_slots as usize)
+            .min(share)
+            .min(state.free_slots(&hb.executor_id));
         for _ in 0..take {
             let Some(q) = state.queue.pop_front() else {
                 break;
             };
-            let id = q.task.attempt.clone();
-            state.running.insert(
-                id,
-                Running {
-                    executor: hb.executor_id.clone(),
-                    reply: q.reply,
-                },
-            );
-            self.counters.assigned.fetch_add(1, Ordering::Relaxed);
-            reply.tasks.push(q.task);
+            self.assign(&mut state, &hb.executor_id, q, false, &mut reply);
         }
         reply
+    }
+
+    /// Gives a queued task to `executor` with this heartbeat's reply.
+    fn assign(
+        &self,
+        state: &mut State,
+        executor: &str,
+        q: Queued,
+        reserved: bool,
+        reply: &mut HeartbeatReply,
+    ) {
+        state.running.insert(
+            q.task.attempt.clone(),
+            Running {
+                executor: executor.to_string(),
+                reply: q.reply,
+                reserved,
+            },
+        );
+        self.counters.assigned.fetch_add(1, Ordering::Relaxed);
+        reply.tasks.push(q.task);
     }
 
     async fn heartbeat(&self, hb: Heartbeat) -> Result<HeartbeatReply, String> {
@@ -359,6 +559,9 @@ impl ClusterScheduler {
             let run = state.running.remove(&id).expect("present");
             self.counters.orphaned.fetch_add(1, Ordering::Relaxed);
             let _ = run.reply.send(Err(message.to_string()));
+        }
+        for q in state.pinned.remove(executor).unwrap_or_default() {
+            let _ = q.reply.send(Err(message.to_string()));
         }
     }
 
@@ -677,6 +880,7 @@ mod tests {
             executor_id: id.into(),
             slots,
             http: None,
+            live: Some(format!("http://{id}")),
         })
         .unwrap();
     }
@@ -703,6 +907,7 @@ mod tests {
             plan: String::new(),
             config: Default::default(),
             stores: vec![],
+            slot_group: None,
         }
     }
 
@@ -790,6 +995,45 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn streaming_slots_are_reserved_at_once_and_hold_back_queued_tasks() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = scheduler(dir.path(), 10_000);
+        register(&s, "a", 2);
+        register(&s, "b", 2);
+        let short = Duration::from_millis(100);
+        let too_many = s.reserve("big", 5, short).await.unwrap_err();
+        assert!(
+            too_many.contains("needs 5 task slots") && too_many.contains("offer 4"),
+            "{too_many}"
+        );
+        let placed = s.reserve("j1", 3, short).await.unwrap();
+        let on_a = placed.iter().filter(|p| p.executor == "a").count();
+        assert_eq!(
+            (placed.len(), on_a.min(3 - on_a)),
+            (3, 1),
+            "spread: {placed:?}"
+        );
+        let busy = s.reserve("j2", 2, short).await.unwrap_err();
+        assert!(
+            busy.contains("1 of the cluster's 4 slots are free"),
+            "{busy}"
+        );
+        // One slot is left for queued tasks, on the executor holding one
+        // reserved slot.
+        let _pending = submit(&s, 2);
+        queued(&s, 2).await;
+        let (one, two) = if on_a == 1 { ("a", "b") } else { ("b", "a") };
+        let full = s.heartbeat(heartbeat(two, 2, vec![])).await.unwrap();
+        assert_eq!(full.tasks.len(), 0);
+        let got = s.heartbeat(heartbeat(one, 2, vec![])).await.unwrap();
+        assert_eq!(got.tasks.len(), 1);
+        s.release("j1");
+        let ended = s.heartbeat(heartbeat(two, 2, vec![])).await.unwrap();
+        assert_eq!(ended.ended_live_jobs, vec!["j1".to_string()]);
+        assert_eq!(ended.tasks.len(), 1);
+    }
+
+    #[tokio::test]
     async fn another_protocol_version_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let s = scheduler(dir.path(), 10_000);
@@ -799,6 +1043,7 @@ mod tests {
                 executor_id: "a".into(),
                 slots: 1,
                 http: None,
+                live: None,
             })
             .unwrap_err();
         assert!(

@@ -24,6 +24,14 @@ pub(crate) fn trials() -> Vec<Trial> {
             tpch_matches_datafusion,
         ),
         Trial::test(
+            "cluster::streaming_tpch_sf01_matches_datafusion",
+            streaming_tpch_matches_datafusion,
+        ),
+        Trial::test(
+            "cluster::streaming_task_failure_fails_the_job_and_keeps_the_table",
+            streaming_task_failure,
+        ),
+        Trial::test(
             "cluster::executor_killed_mid_stage_job_completes",
             executor_killed_mid_stage,
         ),
@@ -263,9 +271,153 @@ fn tpch_matches_datafusion() -> Result<(), Failed> {
     let mut cluster = Cluster::start_with(&s, &["--shuffle-worker", &worker_url])?;
     cluster.add_executor(2, &[])?;
     cluster.add_executor(2, &[])?;
-    let result = runtime().block_on(async {
+    let with_logs = |e: Failed| -> Failed {
+        format!("{}\n{}", e.message().unwrap_or_default(), cluster.logs()).into()
+    };
+    run_tpch(&s, &cluster, &data, &[]).map_err(with_logs)?;
+    if metric(&worker_http, "sluice_shuffle_bytes_written_total").unwrap_or(0) == 0 {
+        return Err(with_logs(
+            format!("no shuffle bytes went through the worker\n{}", worker.log()).into(),
+        ));
+    }
+    check_spread(&cluster).map_err(with_logs)?;
+    if !wait_until(30, || leftover_jobs(&cluster.shuffle).is_empty()) {
+        return Err(with_logs(
+            format!(
+                "shuffle data left behind: {:?}",
+                leftover_jobs(&cluster.shuffle)
+            )
+            .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Both executors ran tasks.
+fn check_spread(cluster: &Cluster<'_>) -> Result<(), Failed> {
+    for (i, (_, http)) in cluster.executors.iter().enumerate() {
+        let got = metric(http, "sluice_executor_tasks_received_total").unwrap_or(0);
+        if got == 0 {
+            return Err(format!("executor {i} ran no task: tasks are not spread").into());
+        }
+    }
+    Ok(())
+}
+
+/// The 22 TPC-H queries at SF 0.1 in streaming mode on 1 coordinator and
+/// 2 executors of 2 slots match DataFusion alone: every task of a query
+/// runs at once, spread over both executors, and rows cross between them
+/// over their live services; no channel stays open afterwards.
+fn streaming_tpch_matches_datafusion() -> Result<(), Failed> {
+    let data = crate::staged::tpch_dir()?;
+    let s = Scratch::new();
+    let mut cluster = Cluster::start(&s)?;
+    cluster.add_executor(2, &[])?;
+    cluster.add_executor(2, &[])?;
+    let with_logs = |e: Failed| -> Failed {
+        format!("{}\n{}", e.message().unwrap_or_default(), cluster.logs()).into()
+    };
+    run_tpch(
+        &s,
+        &cluster,
+        &data,
+        &["SET 'execution.runtime-mode' = 'streaming'"],
+    )
+    .map_err(with_logs)?;
+    check_spread(&cluster).map_err(with_logs)?;
+    let served: u64 = cluster
+        .executors
+        .iter()
+        .map(|(_, http)| metric(http, "sluice_live_rows_served_total").unwrap_or(0))
+        .sum();
+    if served == 0 {
+        return Err(with_logs(
+            "no rows crossed between processes over the live services".into(),
+        ));
+    }
+    let jobs = metric(&cluster.http, "sluice_streaming_jobs_total").unwrap_or(0);
+    if jobs < 22 {
+        return Err(with_logs(
+            format!("the coordinator started {jobs} streaming jobs, expected at least 22").into(),
+        ));
+    }
+    if !wait_until(30, || {
+        cluster
+            .executors
+            .iter()
+            .all(|(_, http)| metric(http, "sluice_live_channels_open") == Some(0))
+    }) {
+        return Err(with_logs(
+            "live channels stayed open after the queries".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// A task failing on an executor fails a streaming write job on the
+/// cluster: the exit code is non-zero, the error names the failed task and
+/// the cause, and the table keeps what an earlier run published.
+fn streaming_task_failure() -> Result<(), Failed> {
+    let data = crate::staged::tpch_dir()?;
+    let s = Scratch::new();
+    let out = s.path().join("totals");
+    let script = format!(
+        "SET 'execution.runtime-mode' = 'streaming';\n{}",
+        write_job(&data, &out)
+    );
+    let first = s.write("first.sql", &script);
+    let o = s.run(&[first.to_str().unwrap()], None);
+    check(o.status.success(), "the first run, in one process", &o)?;
+    let before = published_files(&out);
+
+    let mut cluster = Cluster::start(&s)?;
+    let fault = [("SLUICE_TEST_FAULT", "stage=0,after=0,action=fail")];
+    cluster.add_executor(2, &fault)?;
+    cluster.add_executor(2, &fault)?;
+    let job = cluster.run_script("job.sql", &script)?;
+    let o = job.wait_with_output()?;
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    if o.status.success() || !err.contains("injected fault") || !err.contains("stage 0 task") {
+        return Err(format!(
+            "the job should fail naming stage 0's task and the injected fault: {:?}\n{err}\n{}",
+            o.status.code(),
+            cluster.logs()
+        )
+        .into());
+    }
+    if published_files(&out) != before {
+        return Err(format!(
+            "the failed job changed the table: {:?} -> {:?}",
+            before,
+            published_files(&out)
+        )
+        .into());
+    }
+    check_totals(&s, &cluster, &data, &out)?;
+    if metric(&cluster.http, "sluice_streaming_jobs_failed_total").unwrap_or(0) == 0 {
+        return Err(format!("no failed streaming job counted\n{}", cluster.logs()).into());
+    }
+    if !wait_until(30, || {
+        cluster
+            .executors
+            .iter()
+            .all(|(_, http)| metric(http, "sluice_staged_tasks_running") == Some(0))
+    }) {
+        return Err(format!(
+            "tasks of the failed job still run on the executors\n{}",
+            cluster.logs()
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// Runs the 22 TPC-H queries over Flight SQL on `cluster`, after `setup`,
+/// and compares each with DataFusion alone.
+fn run_tpch(s: &Scratch, cluster: &Cluster<'_>, data: &Path, setup: &[&str]) -> Result<(), Failed> {
+    runtime().block_on(async {
         let peer = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(4));
-        for ddl in tpch::create_tables_sql(&data) {
+        for ddl in tpch::create_tables_sql(data) {
             peer.sql(&ddl).await?.collect().await?;
         }
         let factory = FlightEngineFactory::new(cluster.sql.clone());
@@ -278,8 +430,12 @@ fn tpch_matches_datafusion() -> Result<(), Failed> {
             .create(&ctx)
             .await
             .map_err(|e| format!("connect: {e}"))?;
-        for ddl in tpch::create_tables_sql(&data) {
-            engine.run(&ddl).await.map_err(|e| format!("{ddl}: {e}"))?;
+        for ddl in tpch::create_tables_sql(data)
+            .iter()
+            .map(String::as_str)
+            .chain(setup.iter().copied())
+        {
+            engine.run(ddl).await.map_err(|e| format!("{ddl}: {e}"))?;
         }
         for (name, sql) in tpch::QUERIES {
             let expected = peer.sql(sql).await?.collect().await?;
@@ -296,34 +452,7 @@ fn tpch_matches_datafusion() -> Result<(), Failed> {
             }
         }
         Ok::<(), Failed>(())
-    });
-    let with_logs = |e: Failed| -> Failed {
-        format!("{}\n{}", e.message().unwrap_or_default(), cluster.logs()).into()
-    };
-    result.map_err(with_logs)?;
-    if metric(&worker_http, "sluice_shuffle_bytes_written_total").unwrap_or(0) == 0 {
-        return Err(with_logs(
-            format!("no shuffle bytes went through the worker\n{}", worker.log()).into(),
-        ));
-    }
-    for (i, (_, http)) in cluster.executors.iter().enumerate() {
-        let got = metric(http, "sluice_executor_tasks_received_total").unwrap_or(0);
-        if got == 0 {
-            return Err(with_logs(
-                format!("executor {i} ran no task: tasks are not spread").into(),
-            ));
-        }
-    }
-    if !wait_until(30, || leftover_jobs(&cluster.shuffle).is_empty()) {
-        return Err(with_logs(
-            format!(
-                "shuffle data left behind: {:?}",
-                leftover_jobs(&cluster.shuffle)
-            )
-            .into(),
-        ));
-    }
-    Ok(())
+    })
 }
 
 /// The write job of the fault tests: lineitem grouped into a parquet table
