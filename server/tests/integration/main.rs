@@ -2,6 +2,7 @@
 //! embedded, plus CLI, fault and object-store tests of the real `sluice`
 //! binary, all as libtest trials (so `cargo nextest` lists each).
 
+mod azure;
 mod cli;
 mod clickhouse;
 mod cluster;
@@ -48,6 +49,7 @@ fn main() -> ExitCode {
     let mut trials = cli::trials();
     trials.extend(fault::trials());
     trials.extend(s3::trials());
+    trials.extend(azure::trials());
     trials.extend(postgres::trials());
     trials.extend(mysql::trials());
     trials.extend(clickhouse::trials());
