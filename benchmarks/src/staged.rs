@@ -98,6 +98,8 @@ pub(crate) fn run_tpch(args: &TpchStagedArgs) -> Result<bool> {
                 for ddl in tpch::create_tables_sql(&data) {
                     c.run(&ddl).await?;
                 }
+                c.run(&format!("SET 'execution.runtime-mode' = '{}'", args.mode))
+                    .await?;
                 Some(c)
             }
             false => None,
