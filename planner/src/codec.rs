@@ -111,7 +111,14 @@ pub fn decode_stage_plan(
         registries: Some(registries.clone()),
         unsendable: Default::default(),
     };
-    physical_plan_from_bytes_with_proto_converter(&envelope.plan, ctx, &codec, &StageConverter)
+    let plan = physical_plan_from_bytes_with_proto_converter(
+        &envelope.plan,
+        ctx,
+        &codec,
+        &StageConverter,
+    )?;
+    // CSV scans travel as DataFusion's own; their errors name the file here too.
+    sluice_connectors::file::name_csv_errors(plan)
 }
 
 /// A fresh task context holding only what an executor has: the runtime

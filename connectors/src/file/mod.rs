@@ -24,6 +24,7 @@
 //! moment they are moved, and replaced files until they are deleted just after
 //! the commit point.
 
+mod csv_errors;
 mod csv_scan;
 mod format;
 mod layout;
@@ -32,6 +33,7 @@ mod sink;
 mod table;
 mod writer;
 
+pub use csv_errors::{NamedCsvSource, name_csv_errors};
 pub use csv_scan::{CsvScanDescriptor, CsvScanExec};
 pub use format::{FileFormatKind, FileTableConfig};
 pub use layout::{GcReport, gc_table};

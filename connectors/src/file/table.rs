@@ -22,7 +22,7 @@ use datafusion_datasource::compute_all_files_statistics;
 use futures::{StreamExt, TryStreamExt};
 use object_store::{ObjectMeta, ObjectStoreExt};
 
-use super::format::FileTableConfig;
+use super::format::{FileFormatKind, FileTableConfig};
 use super::layout;
 use super::manifest::{self, ManifestFile};
 use super::sink::FileSink;
@@ -563,7 +563,16 @@ impl TableProvider for FileTable {
             .with_projection_indices(projection.cloned())?
             .with_limit(limit)
             .build();
-        self.config.format.create_physical_plan(state, config).await
+        let plan = self
+            .config
+            .format
+            .create_physical_plan(state, config)
+            .await?;
+        if self.config.kind == FileFormatKind::Csv {
+            // Strict CSV: errors name their file.
+            return super::csv_errors::name_csv_errors(plan);
+        }
+        Ok(plan)
     }
 
     fn supports_filters_pushdown(
