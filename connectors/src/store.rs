@@ -19,6 +19,7 @@ use object_store::azure::MicrosoftAzureBuilder;
 use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::http::HttpBuilder;
 use object_store::memory::InMemory;
+use object_store::multipart::MultipartStore;
 use object_store::path::Path;
 use url::Url;
 
@@ -45,7 +46,24 @@ pub struct Location {
     pub is_dir: bool,
     /// The store.
     pub store: Arc<dyn ObjectStore>,
+    /// The same store's multipart API, where it has one (S3, GCS, Azure,
+    /// memory): uploads whose id the caller records, to abort them after a
+    /// crash.
+    pub multipart: Option<MultipartApi>,
 }
+
+/// A store's multipart API.
+#[derive(Clone)]
+pub struct MultipartApi(pub Arc<dyn MultipartStore>);
+
+impl std::fmt::Debug for MultipartApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MultipartApi")
+    }
+}
+
+/// A built store, with its multipart API where it has one.
+type BuiltStore = (Arc<dyn ObjectStore>, Option<MultipartApi>);
 
 impl Location {
     /// URL of `path` (a path inside this location's store), for messages.
@@ -77,7 +95,7 @@ pub struct StoreDeclaration {
 pub struct StoreRegistry {
     runtime: Arc<RuntimeEnv>,
     secrets: SecretResolver,
-    stores: Mutex<HashMap<String, Arc<dyn ObjectStore>>>,
+    stores: Mutex<HashMap<String, BuiltStore>>,
     /// Declarations of the stores on other hosts than this one's disk.
     declared: Mutex<std::collections::BTreeMap<String, StoreDeclaration>>,
 }
@@ -136,13 +154,14 @@ impl StoreRegistry {
                 reason: e.to_string(),
             })?;
 
-        let store = {
+        let (store, multipart) = {
             let mut stores = self.stores.lock().expect("store registry poisoned");
             match stores.get(&key) {
-                Some(s) => Arc::clone(s),
+                Some(s) => s.clone(),
                 None => {
-                    let s = self.build_store(location, &url, &scheme, &host, options)?;
-                    stores.insert(key.clone(), Arc::clone(&s));
+                    let built = self.build_store(location, &url, &scheme, &host, options)?;
+                    let s = Arc::clone(&built.0);
+                    stores.insert(key.clone(), built.clone());
                     if !matches!(scheme.as_str(), "file" | "memory") {
                         self.declared
                             .lock()
@@ -157,7 +176,7 @@ impl StoreRegistry {
                     }
                     self.runtime
                         .register_object_store(store_url.as_ref(), Arc::clone(&s));
-                    s
+                    built
                 }
             }
         };
@@ -175,6 +194,7 @@ impl StoreRegistry {
             path,
             is_dir,
             store,
+            multipart,
         })
     }
 
@@ -185,7 +205,7 @@ impl StoreRegistry {
         scheme: &str,
         host: &str,
         options: &TableOptions,
-    ) -> Result<Arc<dyn ObjectStore>> {
+    ) -> Result<BuiltStore> {
         let invalid = |reason: String| ConnectorError::InvalidLocation {
             location: location.to_string(),
             reason,
@@ -197,9 +217,17 @@ impl StoreRegistry {
                 .filter_map(|(k, v)| k.strip_prefix(prefix).map(|k| (k.to_string(), v.clone())))
                 .collect::<Vec<_>>()
         };
-        let store: Arc<dyn ObjectStore> = match scheme {
-            "file" => Arc::new(object_store::local::LocalFileSystem::new()),
-            "memory" => Arc::new(InMemory::new()),
+        /// A store with a multipart API.
+        fn both<T: ObjectStore + MultipartStore>(store: T) -> BuiltStore {
+            let store = Arc::new(store);
+            (
+                Arc::clone(&store) as Arc<dyn ObjectStore>,
+                Some(MultipartApi(store as Arc<dyn MultipartStore>)),
+            )
+        }
+        let built: BuiltStore = match scheme {
+            "file" => (Arc::new(object_store::local::LocalFileSystem::new()), None),
+            "memory" => both(InMemory::new()),
             "s3" | "s3a" => {
                 let mut b = AmazonS3Builder::from_env().with_bucket_name(host);
                 for (k, v) in with_prefix("aws.") {
@@ -211,7 +239,7 @@ impl StoreRegistry {
                     })?;
                     b = b.with_config(key, v);
                 }
-                Arc::new(b.build().map_err(|e| invalid(e.to_string()))?)
+                both(b.build().map_err(|e| invalid(e.to_string()))?)
             }
             "gs" | "gcs" => {
                 let mut b = GoogleCloudStorageBuilder::from_env().with_bucket_name(host);
@@ -224,7 +252,7 @@ impl StoreRegistry {
                     })?;
                     b = b.with_config(key, v);
                 }
-                Arc::new(b.build().map_err(|e| invalid(e.to_string()))?)
+                both(b.build().map_err(|e| invalid(e.to_string()))?)
             }
             "az" | "abfs" | "abfss" | "azure" => {
                 let mut b = MicrosoftAzureBuilder::from_env().with_url(url.as_str());
@@ -237,11 +265,11 @@ impl StoreRegistry {
                     })?;
                     b = b.with_config(key, v);
                 }
-                Arc::new(b.build().map_err(|e| invalid(e.to_string()))?)
+                both(b.build().map_err(|e| invalid(e.to_string()))?)
             }
             "http" | "https" => {
                 let base = &url[..url::Position::BeforePath];
-                Arc::new(
+                let store: Arc<dyn ObjectStore> = Arc::new(
                     HttpBuilder::new()
                         .with_url(base)
                         // An http:// location is the user's explicit choice.
@@ -250,7 +278,8 @@ impl StoreRegistry {
                         )
                         .build()
                         .map_err(|e| invalid(e.to_string()))?,
-                )
+                );
+                (store, None)
             }
             other => {
                 return Err(invalid(format!(
@@ -259,7 +288,7 @@ impl StoreRegistry {
                 )));
             }
         };
-        Ok(store)
+        Ok(built)
     }
 }
 

@@ -73,8 +73,15 @@ pub(crate) async fn open_store(location: &str) -> Result<ShuffleStore, String> {
         let loc = registry
             .resolve(&url, &TableOptions::default())
             .map_err(|e| format!("--store {location}: {e}"))?;
-        let prefixed = object_store::prefix::PrefixStore::new(Arc::clone(&loc.store), loc.path);
-        ShuffleStore::new(Arc::new(prefixed), loc.url.to_string())
+        let prefixed =
+            object_store::prefix::PrefixStore::new(Arc::clone(&loc.store), loc.path.clone());
+        let store = ShuffleStore::new(Arc::new(prefixed), loc.url.to_string());
+        match loc.multipart {
+            // Uploads are recorded before their first part, so clean-up can
+            // abort what a crash left unfinished.
+            Some(multipart) => store.with_multipart(multipart.0, loc.path),
+            None => store,
+        }
     } else {
         let dir = location.strip_prefix("file://").unwrap_or(location);
         ShuffleStore::local(dir).map_err(|e| format!("--store {location}: {e}"))?

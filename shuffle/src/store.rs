@@ -21,6 +21,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use object_store::local::LocalFileSystem;
+use object_store::multipart::MultipartStore;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
@@ -158,6 +159,39 @@ pub struct ShuffleStore {
     /// to; it persists them into this store. Writers fall back to writing
     /// the store themselves when it cannot be reached.
     worker: Option<String>,
+    /// The store's multipart API and where this store's root is in it:
+    /// data objects go up as uploads whose id is recorded first
+    /// ([`Self::upload_record_path`]), so clean-up can abort them.
+    multipart: Option<Multipart>,
+}
+
+/// A store's multipart API and where a shuffle store's root is in it.
+#[derive(Clone)]
+struct Multipart {
+    api: Arc<dyn MultipartStore>,
+    root: Path,
+}
+
+impl std::fmt::Debug for Multipart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Multipart")
+            .field("root", &self.root)
+            .finish()
+    }
+}
+
+/// An unfinished multipart upload of an attempt's data object, recorded
+/// before its first part is sent. Clean-up aborts the uploads it finds
+/// recorded: a store listing never shows unfinished uploads, and their
+/// parts are kept (and billed) until aborted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadRecord {
+    /// [`SHUFFLE_FORMAT_VERSION`].
+    pub format_version: u32,
+    /// The object being uploaded, as the multipart API names it.
+    pub path: String,
+    /// The upload's id.
+    pub upload_id: String,
 }
 
 impl ShuffleStore {
@@ -168,6 +202,58 @@ impl ShuffleStore {
             url: url.into(),
             local_root: None,
             worker: None,
+            multipart: None,
+        }
+    }
+
+    /// Data objects go up through `multipart`, the multipart API of the
+    /// same store, whose path of this store's root is `root`; each upload
+    /// is recorded before its first part.
+    pub fn with_multipart(mut self, multipart: Arc<dyn MultipartStore>, root: Path) -> Self {
+        self.multipart = Some(Multipart {
+            api: multipart,
+            root,
+        });
+        self
+    }
+
+    /// The multipart API of the store and this store's root in it.
+    pub(crate) fn multipart(&self) -> Option<(&Arc<dyn MultipartStore>, &Path)> {
+        self.multipart.as_ref().map(|m| (&m.api, &m.root))
+    }
+
+    /// Where the record of `id`'s unfinished data upload is kept.
+    pub fn upload_record_path(id: &AttemptId) -> Path {
+        Path::from(format!(
+            "jobs/{}/uploads/s{}-t{}-a{}.json",
+            id.job, id.stage, id.task, id.attempt
+        ))
+    }
+
+    /// Aborts the upload recorded at `record` and removes the record.
+    async fn abort_recorded(&self, record: &Path) -> Result<()> {
+        let Some(Multipart { api: multipart, .. }) = &self.multipart else {
+            return Ok(());
+        };
+        let body = match self.store.get(record).await {
+            Ok(r) => r.bytes().await?,
+            Err(object_store::Error::NotFound { .. }) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        let upload: UploadRecord = serde_json::from_slice(&body).map_err(|e| {
+            ShuffleError::Config(format!("cannot read the upload record {record}: {e}"))
+        })?;
+        let path = Path::from(upload.path.as_str());
+        match multipart.abort_multipart(&path, &upload.upload_id).await {
+            // An upload that completed or was aborted already is gone.
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => {
+                tracing::debug!(upload = %upload.upload_id, %path, error = %e, "aborting a recorded upload failed; it may have finished");
+            }
+        }
+        match self.store.delete(record).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -201,6 +287,7 @@ impl ShuffleStore {
             url: format!("file://{}", dir.display()),
             local_root: Some(dir),
             worker: None,
+            multipart: None,
         })
     }
 
@@ -344,8 +431,10 @@ impl ShuffleStore {
         Ok(record)
     }
 
-    /// Deletes an attempt's data and index (a failed or losing attempt).
+    /// Deletes an attempt's data and index (a failed or losing attempt),
+    /// aborting its upload if one is unfinished.
     pub async fn delete_attempt(&self, id: &AttemptId) -> Result<()> {
+        self.abort_recorded(&Self::upload_record_path(id)).await?;
         for path in [Self::data_path(id), Self::index_path(id)] {
             match self.store.delete(&path).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
@@ -376,13 +465,23 @@ impl ShuffleStore {
             };
         }
         let prefix = Self::job_prefix(job);
+        // Unfinished uploads first: their records are how they are found.
+        let uploads: Vec<Path> = self
+            .store
+            .list(Some(&prefix.clone().join("uploads")))
+            .map_ok(|m| m.location)
+            .try_collect()
+            .await?;
+        for record in &uploads {
+            self.abort_recorded(record).await?;
+        }
         let paths: Vec<Path> = self
             .store
             .list(Some(&prefix))
             .map_ok(|m| m.location)
             .try_collect()
             .await?;
-        let n = paths.len();
+        let n = paths.len() + uploads.len();
         for path in paths {
             match self.store.delete(&path).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
