@@ -43,6 +43,13 @@ use crate::metrics::{GaugeGuard, ShuffleMetrics, shuffle_metrics};
 /// Largest Flight message either side accepts.
 const MAX_MESSAGE: usize = 256 * 1024 * 1024;
 
+/// Bytes a live stream carries ahead of its reader (HTTP/2 stream window).
+const STREAM_WINDOW: u32 = 1 << 20;
+
+/// HTTP/2's largest window, for the connection: only stream windows bound
+/// what is in flight.
+const MAX_WINDOW: u32 = (1 << 31) - 1;
+
 /// What a `do_get` on a [`LiveService`] reads: one channel of one job.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LiveTicket {
@@ -119,10 +126,16 @@ fn connection(url: &str) -> Result<Channel> {
     if let Some(c) = connections.get(url) {
         return Ok(c.clone());
     }
+    // Every channel read from one process shares this connection. Each
+    // stream may buffer one stream window; the connection's window is
+    // never the limit, or a stream its reader is not reading yet (a join's
+    // probe side while it builds) would stall every other stream on the
+    // connection, the one the reader waits on included.
     let channel = Endpoint::from_shared(url.to_string())
         .map_err(|e| DataFusionError::Plan(format!("bad live service address '{url}': {e}")))?
         .connect_timeout(std::time::Duration::from_secs(10))
-        .http2_adaptive_window(true)
+        .initial_stream_window_size(Some(STREAM_WINDOW))
+        .initial_connection_window_size(Some(MAX_WINDOW))
         .connect_lazy();
     connections.insert(url.to_string(), channel.clone());
     Ok(channel)
@@ -364,14 +377,18 @@ mod tests {
         let mut senders = exchange.senders(3, 0, 2, 1).unwrap();
         let tx = senders.remove(1).remove(0);
         let producer = tokio::spawn(async move {
+            // 50 batches of 800 KB: far more than the channel and one
+            // stream window hold.
             for i in 0..50 {
-                tx.send(Frame::Batch(batch(i * 1000, 1000))).await.unwrap();
+                tx.send(Frame::Batch(batch(i * 100_000, 100_000)))
+                    .await
+                    .unwrap();
             }
             tx.send(Frame::End).await.unwrap();
         });
         let mut input = remote_input(&url, "job-a", 2, key(0), schema()).unwrap();
         let first = input.next().await.unwrap().unwrap();
-        assert_eq!(first.num_rows(), 1000);
+        assert_eq!(first.num_rows(), 100_000);
         // The reader stops: the producer stalls with the channel and one
         // stream window full, far from done.
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
@@ -383,7 +400,7 @@ mod tests {
         while let Some(b) = input.next().await {
             rows += b.unwrap().num_rows();
         }
-        assert_eq!(rows, 50_000);
+        assert_eq!(rows, 5_000_000);
         producer.await.unwrap();
     }
 
