@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 
 use sluice_sql_tests::{Failed, Trial};
 
-use crate::support::{Scratch, check, files_below, run_command, stdout, wait_until};
+use crate::support::{Scratch, check, files_below, run_command, wait_until};
 
 pub(crate) fn trials() -> Vec<Trial> {
     vec![Trial::test(
@@ -132,40 +132,7 @@ fn round_trip() -> Result<(), Failed> {
             .env("AZURITE_BLOB_STORAGE_URL", &server.url);
         run_command(c, None)
     };
-    let o = sluice(
-        "INSERT INTO lake SELECT * FROM src; SELECT count(*) AS n, sum(amount) AS s FROM lake",
-    );
-    check(o.status.code() == Some(0), "insert into az://", &o)?;
-    check(stdout(&o) == "n,s\n3,60\n", "read back after insert", &o)?;
-
-    let o = sluice(
-        "INSERT INTO lake SELECT id + 10, amount, dt FROM src; SELECT count(*) AS n FROM lake",
-    );
-    check(stdout(&o) == "n\n6\n", "second append", &o)?;
-
-    let o = sluice(
-        "INSERT OVERWRITE lake PARTITION (dt = '2024-01-01') SELECT 100, 1; \
-         SELECT dt, count(*) AS n, sum(amount) AS s FROM lake GROUP BY dt ORDER BY dt",
-    );
-    check(
-        o.status.code() == Some(0),
-        "partition overwrite on az://",
-        &o,
-    )?;
-    check(
-        stdout(&o) == "dt,n,s\n2024-01-01,1,1\n2024-01-02,2,60\n",
-        "only that partition replaced",
-        &o,
-    )?;
-
-    let o = sluice(
-        "INSERT OVERWRITE lake SELECT 7 AS id, 7 AS amount, '2030-01-01' AS dt; SELECT * FROM lake",
-    );
-    check(
-        stdout(&o) == "id,amount,dt\n7,7,2030-01-01\n",
-        "whole-table overwrite",
-        &o,
-    )?;
+    crate::s3::file_table_round_trip("az://", &sluice)?;
     if !files_below(s.path()).iter().all(|f| !f.contains("orders/")) {
         return Err("the table was written to the local disk, not to Azurite".into());
     }

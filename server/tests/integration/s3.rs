@@ -122,10 +122,25 @@ fn round_trip() -> Result<(), Failed> {
             .env("AWS_ALLOW_HTTP", "true");
         run_command(c, None)
     };
+    file_table_round_trip("s3://", &sluice)
+}
+
+/// Append, partition overwrite and whole-table overwrite of the
+/// partitioned `lake` table that `sluice` declares (from the `src` CSV of
+/// rows (1, 10, 2024-01-01), (2, 20, 2024-01-01), (3, 30, 2024-01-02)),
+/// read back each time; `store` names the store in messages.
+pub(crate) fn file_table_round_trip(
+    store: &str,
+    sluice: &dyn Fn(&str) -> std::process::Output,
+) -> Result<(), Failed> {
     let o = sluice(
         "INSERT INTO lake SELECT * FROM src; SELECT count(*) AS n, sum(amount) AS s FROM lake",
     );
-    check(o.status.code() == Some(0), "insert into s3", &o)?;
+    check(
+        o.status.code() == Some(0),
+        &format!("insert into {store}"),
+        &o,
+    )?;
     check(stdout(&o) == "n,s\n3,60\n", "read back after insert", &o)?;
 
     let o = sluice(
@@ -137,7 +152,11 @@ fn round_trip() -> Result<(), Failed> {
         "INSERT OVERWRITE lake PARTITION (dt = '2024-01-01') SELECT 100, 1; \
          SELECT dt, count(*) AS n, sum(amount) AS s FROM lake GROUP BY dt ORDER BY dt",
     );
-    check(o.status.code() == Some(0), "partition overwrite on s3", &o)?;
+    check(
+        o.status.code() == Some(0),
+        &format!("partition overwrite on {store}"),
+        &o,
+    )?;
     check(
         stdout(&o) == "dt,n,s\n2024-01-01,1,1\n2024-01-02,2,60\n",
         "only that partition replaced",
